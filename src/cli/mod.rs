@@ -1,0 +1,56 @@
+//! The command line: one binary, one subcommand per job.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::api;
+
+/// MongoDB Atlas organization membership, declared as Kubernetes objects.
+#[derive(Parser, Debug)]
+#[command(name = "atlas-access-operator", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Print both CustomResourceDefinitions as YAML (or write them into a folder).
+    Crds {
+        /// Write `atlasorgusers.yaml` and `atlasteammemberships.yaml` into this folder
+        /// instead of printing them.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
+}
+
+/// Run the command line; the exit code says whether it worked.
+pub async fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Crds { out_dir } => crds(out_dir),
+    }
+}
+
+fn crds(out_dir: Option<PathBuf>) -> ExitCode {
+    let crds = api::crds();
+    match out_dir {
+        None => {
+            let docs: Vec<String> = crds.iter().map(api::crd_yaml).collect();
+            print!("{}", docs.join("---\n"));
+            ExitCode::SUCCESS
+        }
+        Some(dir) => {
+            for crd in &crds {
+                let path = dir.join(api::crd_file_name(crd));
+                if let Err(e) = std::fs::write(&path, api::crd_yaml(crd)) {
+                    eprintln!("error: cannot write {}: {e}", path.display());
+                    return ExitCode::FAILURE;
+                }
+                eprintln!("wrote {}", path.display());
+            }
+            ExitCode::SUCCESS
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! atlas-access-operator: MongoDB Atlas organization membership, declared as Kubernetes objects.
+//!
+//! Data flows one way: watch -> observe -> plan -> execute -> status. Each concern has one
+//! home: [`api`] (CRD types and manifest validation) and [`cli`] (the binary's subcommands).
+
+pub mod api;
+pub mod cli;
