@@ -4,4 +4,5 @@
 //! home: [`api`] (CRD types and manifest validation) and [`cli`] (the binary's subcommands).
 
 pub mod api;
+pub mod atlas;
 pub mod cli;

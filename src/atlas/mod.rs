@@ -1,0 +1,3 @@
+//! The Atlas Admin API: wire models (and, beside them, the client).
+
+pub mod models;
