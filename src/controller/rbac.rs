@@ -83,21 +83,13 @@ pub const TEAM_MEMBERSHIPS_FINALIZERS: Rule = Rule {
 /// Credentials: `Api<Secret>::get` reads the referenced (or default) Secret on reconcile;
 /// `Controller::watches(Api<PartialObjectMeta<Secret>>)` lists and watches, metadata only,
 /// the Secrets labelled `atlas.mongodb.com/type=credentials` so a rotation re-reconciles.
-pub const SECRETS: Rule = Rule {
-    api_group: "",
-    resource: "secrets",
-    verbs: &["get", "list", "watch"],
-    when: RuleScope::Always,
-};
+pub const SECRETS: Rule =
+    Rule { api_group: "", resource: "secrets", verbs: &["get", "list", "watch"], when: RuleScope::Always };
 
 /// `kube::runtime::events::Recorder::publish`: a POST for a new event, a PATCH when the same
 /// event repeats and becomes a series.
-pub const EVENTS: Rule = Rule {
-    api_group: "events.k8s.io",
-    resource: "events",
-    verbs: &["create", "patch"],
-    when: RuleScope::Always,
-};
+pub const EVENTS: Rule =
+    Rule { api_group: "events.k8s.io", resource: "events", verbs: &["create", "patch"], when: RuleScope::Always };
 
 /// kube-lease-manager: reads the Lease, creates it, and renews or takes it over with a
 /// server-side-apply patch.
