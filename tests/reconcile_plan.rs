@@ -1323,3 +1323,133 @@ fn directory_prefers_the_live_record_and_follows_writes() {
     d.apply(&remove, &ActionOutcome::Done(None));
     assert!(d.is_empty());
 }
+
+// ---------------------------------------------------------------------------------------
+// Exhaustive properties (the spaces are small enough to enumerate instead of sampling)
+// ---------------------------------------------------------------------------------------
+
+fn subset<T: Copy>(all: &[T], mask: u32) -> Vec<T> {
+    all.iter().enumerate().filter(|(i, _)| mask & (1 << i) != 0).map(|(_, r)| *r).collect()
+}
+
+#[test]
+fn org_roles_converge_without_ever_reaching_zero_roles() {
+    let all = OrgRole::ALL;
+    let full = (1u32 << all.len()) - 1;
+    let previous = previous_with_adopted(Some(true));
+    let mut pairs = 0;
+    for observed_mask in 1..=full {
+        for desired_mask in 1..=full {
+            let observed: Vec<&str> = subset(all, observed_mask).iter().map(|r| r.as_str()).collect();
+            let s = spec(&subset(all, desired_mask));
+            let u = alice(MembershipStatus::Active, &observed);
+            let plan = plan_org_user(&org_input(&s, &previous, Some(&u), &[])).plan;
+            let mut held: Vec<String> = u.roles.org_roles.clone();
+            let mut owner_removed = false;
+            for action in &plan.actions {
+                assert!(!owner_removed, "ORG_OWNER removal must be the last role call: {plan}");
+                match action {
+                    Action::AddOrgRole { role, .. } => held.push(role.clone()),
+                    Action::RemoveOrgRole { role, .. } => {
+                        held.retain(|r| r != role);
+                        owner_removed = role == "ORG_OWNER";
+                    }
+                    other => panic!("unexpected call {other}"),
+                }
+                assert!(!held.is_empty(), "zero roles after {action}: {plan}");
+            }
+            held.sort();
+            let mut want: Vec<String> = s.org_roles.iter().map(|r| r.as_str().to_string()).collect();
+            want.sort();
+            assert_eq!(held, want, "{plan}");
+            pairs += 1;
+        }
+    }
+    assert_eq!(pairs, 127 * 127);
+}
+
+#[test]
+fn team_membership_converges_in_one_pass_and_additive_never_touches_strangers() {
+    use std::collections::BTreeSet;
+    // alice, bob ACTIVE; carol PENDING; dave INVITATION_EXPIRED; stranger ACTIVE.
+    let universe = [ALICE, BOB, CAROL, DAVE, STRANGER];
+    let in_org: BTreeSet<&str> = [ALICE, BOB, CAROL, STRANGER].into();
+    let directory = org_directory();
+    let refs = refs();
+    let full = (1u32 << universe.len()) - 1;
+    let mut runs = 0;
+    for mode in [MembershipMode::Additive, MembershipMode::Exclusive] {
+        for listed_mask in 0..=full {
+            for team_mask in 0..=full {
+                // Only someone once in the team can have been added by this object.
+                for added_mask in (0..=full).filter(|m| m & !team_mask == 0 || m & team_mask == 0) {
+                    let listed = subset(&universe, listed_mask);
+                    let before: BTreeSet<&str> = subset(&universe, team_mask).into_iter().collect();
+                    let added_before: BTreeSet<&str> = subset(&universe, added_mask).into_iter().collect();
+                    let members = listed.iter().map(|id| by_name(&directory.get_by_id(id).unwrap().username)).collect();
+                    let spec = team_spec(mode, members);
+                    let previous = AtlasTeamMembershipStatus {
+                        added_members: added_before
+                            .iter()
+                            .map(|id| AddedMember {
+                                user_id: id.to_string(),
+                                username: directory.get_by_id(id).unwrap().username.clone(),
+                            })
+                            .collect(),
+                        ..Default::default()
+                    };
+                    let team_before = observed_team(&before.iter().copied().collect::<Vec<_>>());
+                    let input = team_input(&spec, &previous, Some(&team_before), &directory, &refs);
+                    let plan = plan_team_membership(&input);
+                    let mut fresh_directory = directory.clone();
+                    let mut team = team_before.clone();
+                    let outcomes = execute(&plan.plan, &mut fresh_directory, Some(&mut team), team_atlas(&[]));
+                    let after: BTreeSet<&str> = team.members().map(|(id, _)| id).collect();
+
+                    let listed_in_org: BTreeSet<&str> =
+                        listed.iter().copied().filter(|id| in_org.contains(id)).collect();
+                    let expected: BTreeSet<&str> = match mode {
+                        // A listed user is never removed, whatever Atlas says about them.
+                        MembershipMode::Exclusive => before
+                            .iter()
+                            .copied()
+                            .filter(|id| listed.contains(id))
+                            .chain(listed_in_org.iter().copied())
+                            .collect(),
+                        MembershipMode::Additive => before
+                            .iter()
+                            .copied()
+                            .filter(|id| !added_before.contains(id) || listed.contains(id))
+                            .chain(listed_in_org.iter().copied())
+                            .collect(),
+                    };
+                    let context =
+                        || format!("{mode} listed {listed:?} before {before:?} added {added_before:?}\n{}", plan.plan);
+                    assert_eq!(after, expected, "{}", context());
+
+                    let status = team_membership_status(&input, &plan, &outcomes, &fresh_directory, Some(&team));
+                    let added_after: BTreeSet<&str> = status.added_members.iter().map(|a| a.user_id.as_str()).collect();
+                    let newly_added: BTreeSet<&str> = after.difference(&before).copied().collect();
+                    let kept: BTreeSet<&str> = added_before.intersection(&after).copied().collect();
+                    assert_eq!(added_after, &newly_added | &kept, "{}", context());
+
+                    let again = TeamInput {
+                        previous: Some(&status),
+                        ..team_input(&spec, &status, Some(&team), &fresh_directory, &refs)
+                    };
+                    let second = plan_team_membership(&again);
+                    assert!(
+                        second.plan.actions.is_empty(),
+                        "not converged in one pass: {}\n{}",
+                        second.plan,
+                        context()
+                    );
+                    let ready = conditions::is_true(&status.conditions, conditions::READY);
+                    assert_eq!(ready, !listed.contains(&DAVE), "Ready iff no member is NotInOrg: {}", context());
+                    runs += 1;
+                }
+            }
+        }
+    }
+    assert!(runs > 10_000, "{runs}");
+}
