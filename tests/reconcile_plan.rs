@@ -1453,3 +1453,29 @@ fn team_membership_converges_in_one_pass_and_additive_never_touches_strangers() 
     }
     assert!(runs > 10_000, "{runs}");
 }
+
+#[test]
+fn plans_print_for_people() {
+    let s = spec(&[OrgRole::OrgMember]);
+    let previous = AtlasOrgUserStatus::default();
+    let owner = alice(MembershipStatus::Active, &["ORG_OWNER"]);
+    let swap = plan_org_user(&org_input(&s, &previous, Some(&owner), &[]));
+    assert_eq!(
+        redact(swap.plan.to_string()),
+        "1. add org role ORG_MEMBER to alice@example.com (ALICE) in org ORG\n\
+         2. remove org role ORG_OWNER from alice@example.com (ALICE) in org ORG\n\
+         note: alice@example.com is already ACTIVE in org ORG: adopted, not invited\n"
+    );
+    let never = with_reinvite(ReinvitePolicy::Never);
+    let expired = alice(MembershipStatus::InvitationExpired, &["ORG_MEMBER"]);
+    let held = plan_org_user(&org_input(&never, &previous, Some(&expired), &[]));
+    assert_eq!(
+        held.plan.to_string(),
+        "held (InvitationExpired): the invitation of alice@example.com expired at 2025-06-19T00:00:00Z and reinvite \
+         is Never: set reinvite to OnExpiry to send a new one\n"
+    );
+    let json = serde_json::to_value(&held).unwrap();
+    assert_eq!(json["hold"]["kind"], "invitationExpired");
+    assert_eq!(json["failureMode"], "sequential");
+    assert_eq!(json["adopted"], serde_json::Value::Null);
+}
