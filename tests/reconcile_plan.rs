@@ -1122,9 +1122,8 @@ fn member_not_in_org_while_the_others_succeed() {
 #[test]
 fn partial_failure_records_exactly_what_was_done() {
     use MemberState::*;
-    // Additive; carol was added earlier and is no longer listed; bob is added; dave... is
-    // replaced by a stranger-like refusal: Atlas refuses bob (team full) and carol's removal
-    // works; alice (PENDING->ACTIVE irrelevant) is in.
+    // Additive: carol was added earlier and is no longer listed (her removal works); bob is
+    // missing and Atlas refuses him (team full); alice was already in.
     let spec = team_spec(MembershipMode::Additive, vec![by_name("alice@example.com"), by_name("bob@example.com")]);
     let previous = added(&[(CAROL, "carol@example.com")]);
     let mut directory = org_directory();
@@ -1269,24 +1268,20 @@ fn team_status_conditions() {
 
 #[test]
 fn continue_after_distinguishes_per_member_refusals_from_global_ones() {
-    let spec = team_spec(MembershipMode::Additive, vec![by_name("bob@example.com")]);
+    let team_spec_ = team_spec(MembershipMode::Additive, vec![by_name("bob@example.com")]);
     let previous = AtlasTeamMembershipStatus::default();
     let directory = org_directory();
     let team = observed_team(&[]);
     let refs = refs();
-    let team_plan = plan_team_membership(&team_input(&spec, &previous, Some(&team), &directory, &refs)).plan;
+    let team_plan = plan_team_membership(&team_input(&team_spec_, &previous, Some(&team), &directory, &refs)).plan;
     assert!(team_plan.continue_after(&team_full()));
     assert!(!team_plan.continue_after(&rate_limited()));
     assert!(!team_plan.continue_after(&ActionError::new(ErrorClass::Transient, "connection reset")));
-    let s = spec_for_roles();
+    let s = spec(&[OrgRole::OrgMember]);
     let prev = AtlasOrgUserStatus::default();
     let u = alice(MembershipStatus::Active, &["ORG_OWNER"]);
     let user_plan = plan_org_user(&org_input(&s, &prev, Some(&u), &[])).plan;
     assert!(!user_plan.continue_after(&team_full()), "org-user plans stop at the first failure");
-}
-
-fn spec_for_roles() -> AtlasOrgUserSpec {
-    spec(&[OrgRole::OrgMember])
 }
 
 #[test]
