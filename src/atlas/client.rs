@@ -157,7 +157,8 @@ impl std::fmt::Debug for AtlasClient {
 /// One request, ready to send (again).
 struct Request {
     op: Operation,
-    org_id: String,
+    /// The limiter's key: organization and operation group.
+    pace_key: String,
     url: Url,
     body: Option<Vec<u8>>,
 }
@@ -289,9 +290,10 @@ impl AtlasClient {
         &self.inner.metrics
     }
 
-    /// What Atlas last reported in `RateLimit-Limit` / `RateLimit-Remaining` for `org_id`.
-    pub fn rate_limit(&self, org_id: &str) -> Option<RateLimitSnapshot> {
-        self.inner.limiter.snapshot(org_id)
+    /// What Atlas last reported in `RateLimit-Limit` / `RateLimit-Remaining` for the
+    /// operations of `operation`'s group in `org_id`.
+    pub fn rate_limit(&self, org_id: &str, operation: Operation) -> Option<RateLimitSnapshot> {
+        self.inner.limiter.snapshot(&pace_key(org_id, operation))
     }
 
     // ---- organizations -------------------------------------------------------------------
@@ -597,7 +599,7 @@ impl AtlasClient {
             .map(serde_json::to_vec)
             .transpose()
             .map_err(|e| AtlasError::InvalidArgument { operation: op.operation_id(), message: e.to_string() })?;
-        Ok(Request { op, org_id: org_id.to_string(), url, body })
+        Ok(Request { op, pace_key: pace_key(org_id, op), url, body })
     }
 
     async fn fetch<T: DeserializeOwned>(&self, req: Request) -> Result<T, AtlasError> {
@@ -645,7 +647,7 @@ impl AtlasClient {
     async fn attempt(&self, req: &Request) -> Result<Answer, AtlasError> {
         let inner = &*self.inner;
         let op_id = req.op.operation_id();
-        let (_org_permit, waited) = inner.limiter.acquire(&req.org_id).await;
+        let (_org_permit, waited) = inner.limiter.acquire(&req.pace_key).await;
         if !waited.is_zero() {
             inner.metrics.throttled(op_id);
         }
@@ -688,7 +690,7 @@ impl AtlasClient {
             inner.metrics.request_duration(op_id, sent.elapsed().as_secs_f64());
             let (status, headers, body) = result.map_err(|e| AtlasError::from_reqwest(op_id, e))?;
             inner.limiter.observe(
-                &req.org_id,
+                &req.pace_key,
                 header_u32(&headers, "ratelimit-limit"),
                 header_u32(&headers, "ratelimit-remaining"),
             );
@@ -716,7 +718,7 @@ impl AtlasClient {
             }
             let error = api_error(op_id, status, &headers, &body);
             if let (429, Some(after)) = (status, error.retry_after()) {
-                inner.limiter.hold(&req.org_id, after);
+                inner.limiter.hold(&req.pace_key, after);
             }
             return Err(error);
         }
@@ -738,6 +740,10 @@ impl AtlasClient {
             );
         }
     }
+}
+
+fn pace_key(org_id: &str, op: Operation) -> String {
+    format!("{org_id}/{}", op.rate_limit_group())
 }
 
 fn page_query(op: Operation, page_num: u32, items_per_page: u32) -> Result<Vec<(&'static str, String)>, AtlasError> {

@@ -140,6 +140,23 @@ impl Operation {
         )
     }
 
+    /// The group of operations the client paces together within an organization. Atlas
+    /// meters endpoint sets separately; grouping by resource and by read / write follows
+    /// that closely enough, and every answer's `RateLimit-*` headers correct the estimate.
+    pub fn rate_limit_group(self) -> &'static str {
+        match self {
+            Self::GetOrg => "orgs",
+            Self::ListOrgUsers | Self::GetOrgUser => "org-users-read",
+            Self::CreateOrgUser
+            | Self::UpdateOrgUser
+            | Self::RemoveOrgUser
+            | Self::AddOrgUserRole
+            | Self::RemoveOrgUserRole => "org-users-write",
+            Self::ListOrgTeams | Self::GetOrgTeam | Self::GetOrgTeamByName | Self::ListOrgTeamUsers => "teams-read",
+            Self::AddOrgTeamUser | Self::RemoveOrgTeamUser => "teams-write",
+        }
+    }
+
     /// Whether sending the request twice has the same effect as sending it once. Other
     /// operations are retried too, but their callers check for their own earlier effect.
     pub fn is_idempotent(self) -> bool {

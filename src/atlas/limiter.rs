@@ -1,12 +1,14 @@
 //! Per-organization pacing fed by Atlas's `RateLimit-Limit` / `RateLimit-Remaining`.
 //!
-//! Each organization gets a local token bucket that mirrors Atlas's: its capacity is the
-//! reported limit, it refills over `window`, and every answer resets the local count to
-//! what Atlas reports (minus the requests still in flight). Requests pass at once while the
-//! bucket holds more than a small reserve; below it they are spaced at the refill rate, so a
-//! burst slows down before Atlas answers 429. A 429 with `Retry-After` holds the whole
-//! organization for that long. (governor's GCRA cannot take a count from the server, so the
-//! bucket is kept here.)
+//! Keys are chosen by the client: an organization and an operation group
+//! ([`Operation::rate_limit_group`](super::Operation::rate_limit_group)), since Atlas meters
+//! endpoint sets per organization. Each key gets a local token bucket that mirrors Atlas's:
+//! its capacity is the reported limit, it refills over `window`, and every answer resets the
+//! local count to what Atlas reports (minus the requests still in flight). Requests pass at
+//! once while the bucket holds more than a small reserve; below it they are spaced at the
+//! refill rate, so a burst slows down before Atlas answers 429. A 429 with `Retry-After`
+//! holds the key for that long. (governor's GCRA cannot take a count from the server, so
+//! the bucket is kept here.)
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,7 +16,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// What Atlas last reported for one organization.
+/// What Atlas last reported for one key (organization and operation group).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RateLimitSnapshot {
     pub limit: u32,
@@ -76,16 +78,16 @@ impl Default for OrgRateLimiter {
     }
 }
 
-/// A request's place in its organization's in-flight count; dropping it ends the request.
+/// A request's place in its key's in-flight count; dropping it ends the request.
 #[must_use]
 pub struct OrgPermit {
     limiter: OrgRateLimiter,
-    org: String,
+    key: String,
 }
 
 impl Drop for OrgPermit {
     fn drop(&mut self) {
-        if let Some(bucket) = self.limiter.inner.buckets.lock().expect("limiter lock").get_mut(&self.org) {
+        if let Some(bucket) = self.limiter.inner.buckets.lock().expect("limiter lock").get_mut(&self.key) {
             bucket.in_flight = bucket.in_flight.saturating_sub(1);
         }
     }
@@ -107,14 +109,14 @@ impl OrgRateLimiter {
         Self { inner: Arc::new(Inner { enabled, window, reserve_fraction: 0.1, buckets: Mutex::new(HashMap::new()) }) }
     }
 
-    /// Wait until a request to `org` may go; returns its permit and how long it waited.
-    pub async fn acquire(&self, org: &str) -> (OrgPermit, Duration) {
+    /// Wait until a request under `key` may go; returns its permit and how long it waited.
+    pub async fn acquire(&self, key: &str) -> (OrgPermit, Duration) {
         let started = Instant::now();
         loop {
             let wait = {
                 let mut buckets = self.inner.buckets.lock().expect("limiter lock");
                 let now = Instant::now();
-                let bucket = buckets.entry(org.to_string()).or_insert_with(|| Bucket::new(now));
+                let bucket = buckets.entry(key.to_string()).or_insert_with(|| Bucket::new(now));
                 bucket.refill(now, self.inner.window);
                 self.wait_needed(bucket, now).unwrap_or_else(|| {
                     if bucket.capacity > 0.0 {
@@ -125,7 +127,7 @@ impl OrgRateLimiter {
                 })
             };
             if wait.is_zero() {
-                return (OrgPermit { limiter: self.clone(), org: org.to_string() }, started.elapsed());
+                return (OrgPermit { limiter: self.clone(), key: key.to_string() }, started.elapsed());
             }
             tokio::time::sleep(wait).await;
         }
@@ -153,13 +155,13 @@ impl OrgRateLimiter {
         Some(Duration::from_secs_f64(missing * per_token).max(Duration::from_millis(1)))
     }
 
-    /// Take the `RateLimit-*` headers of an answer from `org` (the answering request still
-    /// holds its permit).
-    pub fn observe(&self, org: &str, limit: Option<u32>, remaining: Option<u32>) {
+    /// Take the `RateLimit-*` headers of an answer to a request under `key` (the answering
+    /// request still holds its permit).
+    pub fn observe(&self, key: &str, limit: Option<u32>, remaining: Option<u32>) {
         let (Some(limit), Some(remaining)) = (limit, remaining) else { return };
         let mut buckets = self.inner.buckets.lock().expect("limiter lock");
         let now = Instant::now();
-        let bucket = buckets.entry(org.to_string()).or_insert_with(|| Bucket::new(now));
+        let bucket = buckets.entry(key.to_string()).or_insert_with(|| Bucket::new(now));
         bucket.refill(now, self.inner.window);
         bucket.capacity = f64::from(limit.max(1));
         let others_in_flight = f64::from(bucket.in_flight.saturating_sub(1));
@@ -167,11 +169,11 @@ impl OrgRateLimiter {
         bucket.reported = Some(RateLimitSnapshot { limit, remaining });
     }
 
-    /// Atlas answered `org` with 429: nobody sends to it before `retry_after` has passed.
-    pub fn hold(&self, org: &str, retry_after: Duration) {
+    /// Atlas answered 429: nothing under `key` is sent before `retry_after` has passed.
+    pub fn hold(&self, key: &str, retry_after: Duration) {
         let mut buckets = self.inner.buckets.lock().expect("limiter lock");
         let now = Instant::now();
-        let bucket = buckets.entry(org.to_string()).or_insert_with(|| Bucket::new(now));
+        let bucket = buckets.entry(key.to_string()).or_insert_with(|| Bucket::new(now));
         bucket.tokens = 0.0;
         bucket.updated = now;
         if self.inner.enabled {
@@ -180,9 +182,9 @@ impl OrgRateLimiter {
         }
     }
 
-    /// What Atlas last reported for `org`.
-    pub fn snapshot(&self, org: &str) -> Option<RateLimitSnapshot> {
-        self.inner.buckets.lock().expect("limiter lock").get(org).and_then(|b| b.reported)
+    /// What Atlas last reported for `key`.
+    pub fn snapshot(&self, key: &str) -> Option<RateLimitSnapshot> {
+        self.inner.buckets.lock().expect("limiter lock").get(key).and_then(|b| b.reported)
     }
 }
 
