@@ -1,0 +1,76 @@
+{{/* Chart name. */}}
+{{- define "atlas-access-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name: the release name, plus the chart name unless the release name contains it. */}}
+{{- define "atlas-access-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Labels that select the operator's pods; never change them (Deployment selectors are immutable). */}}
+{{- define "atlas-access-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "atlas-access-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* Labels on every object. */}}
+{{- define "atlas-access-operator.labels" -}}
+{{ include "atlas-access-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/component: controller
+app.kubernetes.io/part-of: atlas-access-operator
+{{- end }}
+
+{{- define "atlas-access-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "atlas-access-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "atlas-access-operator.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* "true" when leader election is on: asked for, or implied by more than one replica. */}}
+{{- define "atlas-access-operator.leaderElection" -}}
+{{- if or .Values.leaderElection.enabled (gt (int .Values.replicas) 1) }}true{{ end }}
+{{- end }}
+
+{{/* Namespace of the default credentials Secret. */}}
+{{- define "atlas-access-operator.credentialsNamespace" -}}
+{{- default .Release.Namespace .Values.credentials.secretNamespace }}
+{{- end }}
+
+{{/*
+The rules for the calls the controller makes on the objects it watches. Kept equal to
+REQUIRED_RULES in src/controller/rbac.rs (the scope Always) by tests/deploy.rs.
+*/}}
+{{- define "atlas-access-operator.watchRules" -}}
+- apiGroups: ["atlas-access.dev"]
+  resources: ["atlasorgusers", "atlasteammemberships"]
+  verbs: ["get", "list", "watch", "patch"]
+- apiGroups: ["atlas-access.dev"]
+  resources: ["atlasorgusers/status", "atlasteammemberships/status"]
+  verbs: ["patch"]
+- apiGroups: ["atlas-access.dev"]
+  resources: ["atlasorgusers/finalizers", "atlasteammemberships/finalizers"]
+  verbs: ["update"]
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end }}

@@ -1,0 +1,152 @@
+"""The Helm chart, through the real Helm v4 engine (helm-python-sdk): lint, renders of every
+documented values set, refusal of bad values, documentation of every value, and the generated
+files (deploy/manifests/, tests/helm/rendered/) in step with the chart.
+
+The rendered objects are parsed into k8s-openapi types, and their RBAC is held to the calls the
+code makes, by tests/deploy.rs (Rust) from tests/helm/rendered/ and deploy/manifests/.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import helm_python as helm
+import pytest
+import yaml
+
+import render_manifests as rm
+
+WARNING = 2
+
+
+def lint_findings(values: dict) -> list[dict]:
+    report = helm.lint(rm.CHART_DIR, values, strict=True, namespace=rm.RELEASE_NAMESPACE)
+    return [m for m in report["messages"] if m["severity"] >= WARNING] + [{"error": e} for e in report["errors"]]
+
+
+@pytest.mark.parametrize("case", rm.cases())
+def test_lint_is_clean(case):
+    assert lint_findings(rm.load_values(case)) == []
+
+
+def test_lint_reports_bad_values():
+    findings = lint_findings({"logFormat": "text"})
+    assert any("/logFormat" in f["error"] for f in findings), findings
+
+
+# Free-form maps (Kubernetes fields passed through as they are): a case sets the map as a whole.
+FREE_FORM = {"resources", "podSecurityContext", "securityContext", "podAnnotations", "podLabels",
+             "nodeSelector", "affinity"}
+# Left at their defaults in every case on purpose: the hardened security contexts (overriding them
+# is possible but never advised), the Service type and scrape timeout (passed through verbatim),
+# and turning the chart's ServiceAccount / RBAC off (then there is nothing of ours to check).
+NOT_VARIED = {"podSecurityContext", "securityContext", "service.type", "serviceMonitor.scrapeTimeout",
+              "serviceAccount.create", "rbac.create", "nameOverride"}
+
+
+def test_cases_cover_every_documented_option():
+    """Every value (each key of a section) is set by some case in tests/helm/values/."""
+    defaults = yaml.safe_load((rm.CHART_DIR / "values.yaml").read_text())
+
+    def keys(values: dict) -> set[str]:
+        out = set()
+        for key, value in values.items():
+            if isinstance(value, dict) and value and key not in FREE_FORM:
+                out.update(f"{key}.{sub}" for sub in value)
+            else:
+                out.add(key)
+        return out
+
+    touched = set().union(*(keys(rm.load_values(case)) for case in rm.cases()))
+    assert keys(defaults) - touched == NOT_VARIED
+
+
+@pytest.mark.parametrize("case", rm.cases())
+def test_every_case_renders_named_objects(case):
+    documents = [yaml.safe_load(body) for _, body in rm.render(rm.load_values(case))]
+    assert documents
+    kinds = [d["kind"] for d in documents]
+    assert kinds.count("Deployment") == 1 and "Service" in kinds
+    for doc in documents:
+        assert doc["apiVersion"] and doc["metadata"]["name"], doc
+        if doc["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+            assert doc["metadata"].get("namespace"), f"{doc['kind']} {doc['metadata']['name']} has no namespace"
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"logFormat": "text"}, "/logFormat"),
+        ({"resyncInterval": "5 minutes"}, "/resyncInterval"),
+        ({"replicas": "two"}, "/replicas"),
+        ({"watch": {"namespaces": ["a"]}}, "namespaces"),
+        ({"unknownKey": True}, "unknownKey"),
+        ({"credentials": {"create": True, "publicApiKey": "k", "privateApiKey": "p"}}, "credentials.secretName is required"),
+        ({"credentials": {"create": True, "secretName": "s"}}, "needs publicApiKey/privateApiKey or clientId/clientSecret"),
+        (
+            {"credentials": {"create": True, "secretName": "s", "publicApiKey": "k", "clientId": "c"}},
+            "not both",
+        ),
+        ({"credentials": {"create": True, "secretName": "s", "clientId": "c"}}, "clientSecret is required"),
+        ({"serviceAccount": {"create": False}}, "serviceAccount.name is required"),
+    ],
+)
+def test_bad_values_are_refused(values, message):
+    with pytest.raises(helm.HelmError, match=re.escape(message)):
+        rm.render(values)
+
+
+def test_every_value_is_documented():
+    """A `# --` comment right above every top-level key, or above each key of its section."""
+    lines = (rm.CHART_DIR / "values.yaml").read_text().splitlines()
+    undocumented = []
+    section_documented = False
+    for index, line in enumerate(lines):
+        match = re.match(r"^( *)([A-Za-z]\w*):", line)
+        if not match:
+            continue
+        indent, key = len(match.group(1)), match.group(2)
+        documented = index > 0 and lines[index - 1].lstrip().startswith("#")
+        if indent == 0:
+            section_documented = documented
+            is_section = line.rstrip().endswith(":")
+            if not documented and not is_section:
+                undocumented.append(key)
+        elif indent == 2 and not section_documented and not documented:
+            undocumented.append(key)
+    assert undocumented == []
+
+
+def test_schema_names_exactly_the_values():
+    schema = json.loads((rm.CHART_DIR / "values.schema.json").read_text())
+    defaults = yaml.safe_load((rm.CHART_DIR / "values.yaml").read_text())
+    assert set(schema["properties"]) == set(defaults)
+    for key, sub_schema in schema["properties"].items():
+        if sub_schema.get("additionalProperties") is False:
+            assert set(sub_schema["properties"]) == set(defaults[key]), key
+    with helm.Chart.load(rm.CHART_DIR) as chart:
+        chart.validate_schema(defaults)
+
+
+def test_chart_crds_are_the_top_level_crds():
+    top_level = sorted(p.read_text() for p in (rm.ROOT / "crds").glob("*.yaml"))
+    assert sorted(rm.crd_documents()) == top_level
+
+
+def test_generated_files_match_the_chart():
+    stale = [str(p.relative_to(rm.ROOT)) for p in rm.stale_files()]
+    assert stale == [], "run deploy/render-manifests.sh"
+    for path, text in rm.expected_files().items():
+        on_disk = path.read_text() if path.exists() else ""
+        assert on_disk == text, f"{path.relative_to(rm.ROOT)} is stale: run deploy/render-manifests.sh"
+
+
+def test_image_tag_defaults_to_app_version():
+    with helm.Chart.load(rm.CHART_DIR) as chart:
+        app_version = chart.metadata["appVersion"]
+    (deployment,) = [yaml.safe_load(b) for t, b in rm.render({}) if t == "deployment.yaml"]
+    image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image == f"ghcr.io/atlas-access/atlas-access-operator:{app_version}"
+    (deployment,) = [yaml.safe_load(b) for t, b in rm.render({"image": {"tag": "1.2.3"}}) if t == "deployment.yaml"]
+    assert deployment["spec"]["template"]["spec"]["containers"][0]["image"].endswith(":1.2.3")
