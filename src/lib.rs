@@ -7,3 +7,4 @@ pub mod api;
 pub mod atlas;
 pub mod cli;
 pub mod controller;
+pub mod reconcile;

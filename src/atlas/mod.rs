@@ -1,3 +1,24 @@
-//! The Atlas Admin API: wire models (and, beside them, the client).
+//! The Atlas Admin API: wire models and the client the operator talks to Atlas through.
+//!
+//! [`AtlasClient`] authenticates (API key digest or service account token), names each
+//! operation's versioned media type, paces requests per organization from Atlas's
+//! `RateLimit-*` headers, retries what is safe to retry, and maps failures to typed
+//! [`AtlasError`]s whose [`ErrorClass`] callers decide on.
 
+pub mod auth;
+pub mod client;
+pub mod endpoint;
+pub mod error;
+pub mod limiter;
+pub mod metrics;
 pub mod models;
+pub mod retry;
+
+pub use client::{
+    ATLAS_BASE_URL, ATLAS_GOV_BASE_URL, AtlasClient, ClientConfig, CreateOutcome, Credentials, ListOrgUsersQuery,
+};
+pub use endpoint::Operation;
+pub use error::{AtlasError, ErrorClass, TransportKind};
+pub use limiter::{OrgRateLimiter, RateLimitSnapshot};
+pub use metrics::AtlasMetrics;
+pub use retry::RetryPolicy;

@@ -1,0 +1,307 @@
+//! Typed Atlas errors and the classification callers decide on.
+//!
+//! No variant ever holds a credential or token: they carry the operation, the HTTP status,
+//! Atlas's `errorCode` / `detail` and transport diagnostics only.
+
+use std::fmt;
+use std::time::Duration;
+
+use super::models::codes;
+
+/// What a caller should do about an error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// 5xx, timeouts, dropped connections: retry later with backoff.
+    Transient,
+    /// 429, 503 with `Retry-After`, and 400 `INVITATIONS_RATE_LIMITED_IP`: wait, then retry.
+    RateLimited { retry_after: Option<Duration> },
+    /// 409.
+    Conflict,
+    /// 404.
+    NotFound,
+    /// Any other 4xx, or an answer the client cannot use: retrying will not help.
+    Permanent,
+    /// 401 / 403, or credentials the client cannot use.
+    Auth,
+}
+
+impl ErrorClass {
+    /// Whether waiting and sending the same request again can succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Transient | Self::RateLimited { .. })
+    }
+
+    /// A short lowercase name (metric label, log field).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Transient => "transient",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::Conflict => "conflict",
+            Self::NotFound => "not_found",
+            Self::Permanent => "permanent",
+            Self::Auth => "auth",
+        }
+    }
+}
+
+/// How a request failed before Atlas answered it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransportKind {
+    /// No connection was made: the request never reached Atlas.
+    Connect,
+    /// No answer in time: Atlas may or may not have applied the request.
+    Timeout,
+    /// The connection broke mid-exchange: Atlas may or may not have applied the request.
+    Interrupted,
+}
+
+impl fmt::Display for TransportKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Connect => "cannot connect",
+            Self::Timeout => "timed out",
+            Self::Interrupted => "connection interrupted",
+        })
+    }
+}
+
+/// An error of the Atlas client.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum AtlasError {
+    /// Atlas answered with an error status and (usually) an `ApiError` body.
+    #[error("Atlas {operation} answered HTTP {status}{}", code_and_detail(error_code, detail))]
+    Api {
+        operation: &'static str,
+        status: u16,
+        error_code: String,
+        detail: Option<String>,
+        retry_after: Option<Duration>,
+    },
+    /// The service account token endpoint refused or failed.
+    #[error("Atlas service account token request answered HTTP {status}{}", code_and_detail(error_code, detail))]
+    Token { status: u16, error_code: String, detail: Option<String>, retry_after: Option<Duration> },
+    /// The request did not get an answer.
+    #[error("Atlas {operation} failed: {kind}: {message}")]
+    Transport { operation: &'static str, kind: TransportKind, message: String },
+    /// Atlas answered success with a body the client cannot read.
+    #[error("Atlas {operation} answered HTTP {status} with an unreadable body: {message}")]
+    Decode { operation: &'static str, status: u16, message: String },
+    /// Atlas's authentication challenge cannot be answered (unsupported scheme or algorithm).
+    #[error("Atlas {operation}: cannot authenticate: {message}")]
+    Authentication { operation: &'static str, message: String },
+    /// An argument the client refuses before sending (malformed id, page size out of range).
+    #[error("Atlas {operation}: invalid argument: {message}")]
+    InvalidArgument { operation: &'static str, message: String },
+    /// The client cannot be built from this configuration.
+    #[error("Atlas client configuration: {0}")]
+    Config(String),
+}
+
+fn code_and_detail(error_code: &str, detail: &Option<String>) -> String {
+    let mut out = String::new();
+    if !error_code.is_empty() {
+        out.push(' ');
+        out.push_str(error_code);
+    }
+    if let Some(d) = detail.as_deref().filter(|d| !d.is_empty()) {
+        out.push_str(": ");
+        out.push_str(d);
+    }
+    out
+}
+
+/// The class of an Atlas API answer, from its status, `errorCode` and `Retry-After`.
+pub fn classify(status: u16, error_code: &str, retry_after: Option<Duration>) -> ErrorClass {
+    match status {
+        401 | 403 => ErrorClass::Auth,
+        429 => ErrorClass::RateLimited { retry_after },
+        // Atlas's anti-abuse limit on invitations answers 400, yet waiting is the fix.
+        400 if error_code == codes::INVITATIONS_RATE_LIMITED_IP => ErrorClass::RateLimited { retry_after },
+        503 if retry_after.is_some() => ErrorClass::RateLimited { retry_after },
+        408 | 500..=599 => ErrorClass::Transient,
+        404 => ErrorClass::NotFound,
+        409 => ErrorClass::Conflict,
+        _ => ErrorClass::Permanent,
+    }
+}
+
+/// The class of a token endpoint answer: anything but throttling or a server failure means
+/// the service account credentials do not work.
+pub fn classify_token(status: u16, retry_after: Option<Duration>) -> ErrorClass {
+    match status {
+        429 => ErrorClass::RateLimited { retry_after },
+        503 if retry_after.is_some() => ErrorClass::RateLimited { retry_after },
+        500..=599 => ErrorClass::Transient,
+        _ => ErrorClass::Auth,
+    }
+}
+
+impl AtlasError {
+    /// What a caller should do about this error.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Self::Api { status, error_code, retry_after, .. } => classify(*status, error_code, *retry_after),
+            Self::Token { status, retry_after, .. } => classify_token(*status, *retry_after),
+            Self::Transport { .. } => ErrorClass::Transient,
+            Self::Authentication { .. } => ErrorClass::Auth,
+            Self::Decode { .. } | Self::InvalidArgument { .. } | Self::Config(_) => ErrorClass::Permanent,
+        }
+    }
+
+    /// The HTTP status Atlas answered, if it answered.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Self::Api { status, .. } | Self::Token { status, .. } | Self::Decode { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// Atlas's `errorCode`, if it answered with one.
+    pub fn error_code(&self) -> Option<&str> {
+        match self {
+            Self::Api { error_code, .. } | Self::Token { error_code, .. } => Some(error_code),
+            _ => None,
+        }
+    }
+
+    /// Atlas's `detail`, if it gave one.
+    pub fn detail(&self) -> Option<&str> {
+        match self {
+            Self::Api { detail, .. } | Self::Token { detail, .. } => detail.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The wait Atlas asked for (`Retry-After`), if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Api { retry_after, .. } | Self::Token { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// The operation (spec `operationId`) that failed, when one did.
+    pub fn operation(&self) -> Option<&'static str> {
+        match self {
+            Self::Api { operation, .. }
+            | Self::Transport { operation, .. }
+            | Self::Decode { operation, .. }
+            | Self::Authentication { operation, .. }
+            | Self::InvalidArgument { operation, .. } => Some(operation),
+            Self::Token { .. } => Some(super::auth::TOKEN_OPERATION),
+            Self::Config(_) => None,
+        }
+    }
+
+    /// Whether Atlas may have applied the request although the client saw a failure
+    /// (timeout, broken connection, or a server error other than 503). A retry of a
+    /// non-idempotent call after such a failure must expect to find its own effect.
+    pub fn may_have_been_applied(&self) -> bool {
+        match self {
+            Self::Transport { kind, .. } => *kind != TransportKind::Connect,
+            Self::Api { status, .. } => *status >= 500 && *status != 503,
+            _ => false,
+        }
+    }
+
+    pub(crate) fn from_reqwest(operation: &'static str, err: reqwest::Error) -> Self {
+        let kind = if err.is_timeout() {
+            TransportKind::Timeout
+        } else if err.is_connect() {
+            TransportKind::Connect
+        } else {
+            TransportKind::Interrupted
+        };
+        // The URL is left out: the chain of causes is what explains the failure.
+        let err = err.without_url();
+        let mut message = err.to_string();
+        let mut source = std::error::Error::source(&err);
+        while let Some(cause) = source {
+            message.push_str(": ");
+            message.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        Self::Transport { operation, kind, message }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification_table() {
+        let ra = Some(Duration::from_secs(7));
+        let table: &[(u16, &str, Option<Duration>, ErrorClass)] = &[
+            (400, codes::VALIDATION_ERROR, None, ErrorClass::Permanent),
+            (400, codes::INVITATIONS_RATE_LIMITED_IP, None, ErrorClass::RateLimited { retry_after: None }),
+            (400, codes::INVITATIONS_RATE_LIMITED_IP, ra, ErrorClass::RateLimited { retry_after: ra }),
+            (400, codes::USER_NOT_IN_TEAM, None, ErrorClass::Permanent),
+            (401, codes::UNAUTHORIZED, None, ErrorClass::Auth),
+            (403, "USER_UNAUTHORIZED", None, ErrorClass::Auth),
+            (404, codes::RESOURCE_NOT_FOUND, None, ErrorClass::NotFound),
+            (404, codes::USER_NOT_IN_ORG, None, ErrorClass::NotFound),
+            (406, codes::INVALID_VERSION_DATE, None, ErrorClass::Permanent),
+            (408, "REQUEST_TIMEOUT", None, ErrorClass::Transient),
+            (409, codes::USER_ALREADY_IN_ORG, None, ErrorClass::Conflict),
+            (415, codes::UNSUPPORTED_MEDIA_TYPE, None, ErrorClass::Permanent),
+            (429, codes::RATE_LIMITED_TOKEN_BUCKET, ra, ErrorClass::RateLimited { retry_after: ra }),
+            (429, codes::RATE_LIMITED, None, ErrorClass::RateLimited { retry_after: None }),
+            (500, codes::UNEXPECTED_ERROR, None, ErrorClass::Transient),
+            (502, "", None, ErrorClass::Transient),
+            (503, codes::SERVICE_UNAVAILABLE, None, ErrorClass::Transient),
+            (503, codes::SERVICE_UNAVAILABLE, ra, ErrorClass::RateLimited { retry_after: ra }),
+            (504, "", None, ErrorClass::Transient),
+        ];
+        for (status, code, retry_after, want) in table {
+            assert_eq!(classify(*status, code, *retry_after), *want, "{status} {code}");
+        }
+    }
+
+    #[test]
+    fn token_endpoint_classification() {
+        assert_eq!(classify_token(400, None), ErrorClass::Auth);
+        assert_eq!(classify_token(401, None), ErrorClass::Auth);
+        assert_eq!(classify_token(429, None), ErrorClass::RateLimited { retry_after: None });
+        assert_eq!(classify_token(500, None), ErrorClass::Transient);
+    }
+
+    #[test]
+    fn display_names_operation_code_and_detail() {
+        let err = AtlasError::Api {
+            operation: "createOrgUser",
+            status: 409,
+            error_code: codes::USER_ALREADY_IN_ORG.into(),
+            detail: Some("The user alice@example.com is already in the organization.".into()),
+            retry_after: None,
+        };
+        assert_eq!(
+            err.to_string(),
+            "Atlas createOrgUser answered HTTP 409 USER_ALREADY_IN_ORG: The user alice@example.com is already in the organization."
+        );
+        assert_eq!(err.class(), ErrorClass::Conflict);
+        assert_eq!(err.status(), Some(409));
+        assert_eq!(err.error_code(), Some(codes::USER_ALREADY_IN_ORG));
+        assert!(err.detail().unwrap().contains("alice"));
+        assert!(!err.may_have_been_applied());
+    }
+
+    #[test]
+    fn uncertain_failures() {
+        let t = |kind| AtlasError::Transport { operation: "getOrg", kind, message: String::new() };
+        assert!(!t(TransportKind::Connect).may_have_been_applied());
+        assert!(t(TransportKind::Timeout).may_have_been_applied());
+        assert!(t(TransportKind::Interrupted).may_have_been_applied());
+        let api = |status| AtlasError::Api {
+            operation: "createOrgUser",
+            status,
+            error_code: String::new(),
+            detail: None,
+            retry_after: None,
+        };
+        assert!(api(500).may_have_been_applied());
+        assert!(!api(503).may_have_been_applied());
+        assert!(!api(429).may_have_been_applied());
+        assert_eq!(api(500).to_string(), "Atlas createOrgUser answered HTTP 500");
+    }
+}
