@@ -9,5 +9,5 @@ pub mod cli;
 pub mod controller;
 pub mod http;
 pub mod metrics;
-pub mod telemetry;
 pub mod reconcile;
+pub mod telemetry;
