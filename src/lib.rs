@@ -7,4 +7,7 @@ pub mod api;
 pub mod atlas;
 pub mod cli;
 pub mod controller;
+pub mod http;
+pub mod metrics;
 pub mod reconcile;
+pub mod telemetry;

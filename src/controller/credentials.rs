@@ -76,9 +76,9 @@ pub fn credentials_from_secret(secret: &Secret) -> Result<Credentials, String> {
         (None, None, Some(client_id), Some(client_secret)) => {
             Ok(Credentials::ServiceAccount { client_id, client_secret: SecretString::from(client_secret) })
         }
-        (Some(_), Some(_), Some(_), Some(_)) => {
-            Err(format!("holds both an API key and a service account; keep one of {PUBLIC_API_KEY}+{PRIVATE_API_KEY} or {CLIENT_ID}+{CLIENT_SECRET}"))
-        }
+        (Some(_), Some(_), Some(_), Some(_)) => Err(format!(
+            "holds both an API key and a service account; keep one of {PUBLIC_API_KEY}+{PRIVATE_API_KEY} or {CLIENT_ID}+{CLIENT_SECRET}"
+        )),
         (p, k, i, s) => {
             let missing: Vec<&str> = match (p.is_some() || k.is_some(), i.is_some() || s.is_some()) {
                 (true, _) => [(PUBLIC_API_KEY, p.is_none()), (PRIVATE_API_KEY, k.is_none())]
@@ -215,10 +215,7 @@ mod tests {
             (&[("clientSecret", "canary-value")], "missing key(s) clientId"),
             (&[], "needs publicApiKey and privateApiKey"),
             (&[("publicApiKey", "  "), ("privateApiKey", "x")], "missing key(s) publicApiKey"),
-            (
-                &[("publicApiKey", "p"), ("privateApiKey", "k"), ("clientId", "i"), ("clientSecret", "s")],
-                "holds both",
-            ),
+            (&[("publicApiKey", "p"), ("privateApiKey", "k"), ("clientId", "i"), ("clientSecret", "s")], "holds both"),
         ];
         for (pairs, expected) in cases {
             let err = credentials_from_secret(&secret(pairs)).err().unwrap();

@@ -63,11 +63,8 @@ pub async fn install_crds(client: &Client) {
             let name = name.clone();
             async move {
                 let crd = api.get(&name).await.ok()?;
-                let established = crd
-                    .status?
-                    .conditions?
-                    .iter()
-                    .any(|c| c.type_ == "Established" && c.status == "True");
+                let established =
+                    crd.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True");
                 established.then_some(())
             }
         })

@@ -111,4 +111,3 @@ pub fn bad_manifests() -> Vec<(&'static str, Value, &'static str)> {
         ("wrong kind", with(valid_user(), "/kind", json!("AtlasUser")), "kind"),
     ]
 }
-
