@@ -8,3 +8,4 @@ pub mod atlas;
 pub mod cli;
 pub mod controller;
 pub mod reconcile;
+pub mod sim;
