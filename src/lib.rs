@@ -7,5 +7,6 @@ pub mod api;
 pub mod atlas;
 pub mod cli;
 pub mod controller;
+pub mod engine;
 pub mod reconcile;
 pub mod sim;

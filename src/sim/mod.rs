@@ -398,3 +398,21 @@ impl Drop for SimHandle {
         let _ = self.stop.send(true);
     }
 }
+
+/// Seeding with ids chosen by the caller (the `--simulate` demo serves the ids of its manifests).
+impl SimState {
+    /// Creates an organization with this id. Panics if the id is taken.
+    pub fn add_org_with_id(&self, org_id: &str, name: &str) {
+        if let Err(e) = self.shared.store.lock().add_org_with_id(org_id, name) {
+            panic!("add_org_with_id({org_id}, {name}): {}", e.detail);
+        }
+    }
+
+    /// Creates a team with this id. Panics if the organization does not exist, or the id or
+    /// name is taken.
+    pub fn add_team_with_id(&self, org_id: &str, team_id: &str, name: &str) {
+        if let Err(e) = self.shared.store.lock().add_team_with_id(org_id, team_id, name) {
+            panic!("add_team_with_id({org_id}, {team_id}, {name}): {}", e.detail);
+        }
+    }
+}

@@ -649,3 +649,33 @@ fn last_role(user: &UserRec) -> ApiFailure {
     )
     .with_params(vec![user.id.clone().into()])
 }
+
+/// Organizations and teams with ids chosen by the caller, so a demo or a benchmark can serve
+/// the ids its manifests name.
+impl Store {
+    pub fn add_org_with_id(&mut self, org_id: &str, name: &str) -> Result<(), ApiFailure> {
+        if self.orgs.contains_key(org_id) {
+            return Err(ApiFailure::new(
+                StatusCode::CONFLICT,
+                "ORG_ALREADY_EXISTS",
+                format!("Organization {org_id} already exists."),
+            ));
+        }
+        self.orgs.insert(org_id.to_string(), Org { id: org_id.to_string(), name: name.to_string(), ..Org::default() });
+        self.org_order.push(org_id.to_string());
+        Ok(())
+    }
+
+    pub fn add_team_with_id(&mut self, org_id: &str, team_id: &str, name: &str) -> Result<(), ApiFailure> {
+        let org = self.org_mut(org_id)?;
+        if org.teams.iter().any(|t| t.id == team_id || t.name.eq_ignore_ascii_case(name)) {
+            return Err(ApiFailure::new(
+                StatusCode::CONFLICT,
+                DUPLICATE_TEAM_NAME,
+                format!("Team {team_id} or a team named {name} already exists in organization {org_id}."),
+            ));
+        }
+        org.teams.push(TeamRec { id: team_id.to_string(), name: name.to_string(), members: Vec::new() });
+        Ok(())
+    }
+}
