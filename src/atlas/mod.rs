@@ -9,6 +9,7 @@ pub mod auth;
 pub mod client;
 pub mod endpoint;
 pub mod error;
+pub mod index;
 pub mod limiter;
 pub mod metrics;
 pub mod models;
@@ -19,6 +20,7 @@ pub use client::{
 };
 pub use endpoint::Operation;
 pub use error::{AtlasError, ErrorClass, TransportKind};
+pub use index::OrgUserIndex;
 pub use limiter::{OrgRateLimiter, RateLimitSnapshot};
 pub use metrics::AtlasMetrics;
 pub use retry::RetryPolicy;

@@ -4,6 +4,7 @@
 
 pub mod credentials;
 pub mod leader;
+mod object;
 mod org_user;
 pub mod rbac;
 pub mod status;
@@ -155,18 +156,6 @@ impl Error {
             Retry::Backoff => "transient_error",
             Retry::Slow => "permanent_error",
         }
-    }
-}
-
-/// The condition reason for an Atlas error that stopped a reconcile before any plan.
-pub fn atlas_reason(class: &ErrorClass) -> &'static str {
-    match class {
-        ErrorClass::Transient => "AtlasUnavailable",
-        ErrorClass::RateLimited { .. } => "RateLimited",
-        ErrorClass::Conflict => "AtlasConflict",
-        ErrorClass::NotFound => "AtlasNotFound",
-        ErrorClass::Permanent => "AtlasError",
-        ErrorClass::Auth => "AtlasUnauthorized",
     }
 }
 
@@ -443,7 +432,7 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
             })
         })
         .graceful_shutdown_on(wait(shutdown.clone()))
-        .run(org_user::reconcile, error_policy, ctx.clone())
+        .run(object::reconcile::<AtlasOrgUser>, error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
 
     let (ctx_b, teams_b) = (ctx.clone(), teams.clone());
@@ -470,7 +459,7 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
                 .collect::<Vec<_>>()
         })
         .graceful_shutdown_on(wait(shutdown.clone()))
-        .run(team::reconcile, error_policy, ctx.clone())
+        .run(object::reconcile::<AtlasTeamMembership>, error_policy, ctx.clone())
         .for_each(|_| futures::future::ready(()));
 
     let readiness = {

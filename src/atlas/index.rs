@@ -1,0 +1,202 @@
+//! The per-organization user index: one paginated listing of an organization's users (every
+//! membership status) shared by every object of that organization, refreshed when older than
+//! a configurable interval and updated in place from the answers of the writes the engine
+//! makes. Steady state then costs one listing per organization and interval, not one lookup
+//! per object.
+//!
+//! The index also remembers which team a `TeamRef` names (id and name), so a team membership
+//! costs one member listing per reconcile instead of a lookup plus a listing. Team names
+//! change rarely; a stale name is corrected when the member listing answers 404 or the team
+//! entry ages past its own interval.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::client::{AtlasClient, ListOrgUsersQuery};
+use super::error::AtlasError;
+use super::models::{OrgUser, Team};
+use crate::reconcile::{Action, ActionOutcome, OrgUserDirectory};
+
+/// How long a remembered team (id and name) is trusted by default.
+pub const DEFAULT_TEAM_REFRESH_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// One organization's snapshot and the state of its refresh.
+#[derive(Default)]
+struct OrgEntry {
+    /// Held by the one caller that lists; others wait on it, then read the new snapshot.
+    refresh: tokio::sync::Mutex<()>,
+    state: Mutex<OrgState>,
+}
+
+#[derive(Default)]
+struct OrgState {
+    snapshot: Option<Arc<OrgUserDirectory>>,
+    listed_at: Option<Instant>,
+    /// Writes applied while a listing was under way: the listing may predate them, so they
+    /// are applied again on top of it.
+    writes_during_listing: Option<Vec<(Action, ActionOutcome)>>,
+}
+
+struct TeamEntry {
+    team: Team,
+    seen_at: Instant,
+}
+
+/// Shared by every reconcile of every organization; cheap to share behind an `Arc`.
+pub struct OrgUserIndex {
+    refresh_interval: Duration,
+    team_refresh_interval: Duration,
+    orgs: Mutex<HashMap<String, Arc<OrgEntry>>>,
+    /// (org id, "id:<id>" | "name:<lowercase name>") -> team.
+    teams: Mutex<HashMap<(String, String), TeamEntry>>,
+    listings: AtomicU64,
+}
+
+impl std::fmt::Debug for OrgUserIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrgUserIndex")
+            .field("refresh_interval", &self.refresh_interval)
+            .field("listings", &self.listings())
+            .finish_non_exhaustive()
+    }
+}
+
+fn team_keys(org_id: &str, team: &Team) -> [(String, String); 2] {
+    [
+        (org_id.to_string(), format!("id:{}", team.id)),
+        (org_id.to_string(), format!("name:{}", team.name.to_lowercase())),
+    ]
+}
+
+impl OrgUserIndex {
+    /// An index that lists an organization again once its snapshot is older than `refresh_interval`.
+    pub fn new(refresh_interval: Duration) -> Self {
+        Self {
+            refresh_interval,
+            team_refresh_interval: DEFAULT_TEAM_REFRESH_INTERVAL,
+            orgs: Mutex::new(HashMap::new()),
+            teams: Mutex::new(HashMap::new()),
+            listings: AtomicU64::new(0),
+        }
+    }
+
+    /// How long a remembered team is trusted (default one hour).
+    pub fn with_team_refresh_interval(mut self, interval: Duration) -> Self {
+        self.team_refresh_interval = interval;
+        self
+    }
+
+    pub fn refresh_interval(&self) -> Duration {
+        self.refresh_interval
+    }
+
+    /// Full listings of an organization made so far (each may span several pages).
+    pub fn listings(&self) -> u64 {
+        self.listings.load(Ordering::Relaxed)
+    }
+
+    fn entry(&self, org_id: &str) -> Arc<OrgEntry> {
+        self.orgs.lock().expect("index lock").entry(org_id.to_string()).or_default().clone()
+    }
+
+    fn fresh(&self, state: &OrgState) -> Option<Arc<OrgUserDirectory>> {
+        let at = state.listed_at?;
+        (at.elapsed() < self.refresh_interval).then(|| state.snapshot.clone()).flatten()
+    }
+
+    /// A snapshot of every user of the organization, listed again (all pages, all four
+    /// membership statuses) when older than the refresh interval. One listing at a time per
+    /// organization: concurrent callers wait for it and share its result.
+    pub async fn directory(&self, client: &AtlasClient, org_id: &str) -> Result<OrgUserDirectory, AtlasError> {
+        Ok(self.shared_directory(client, org_id).await?.as_ref().clone())
+    }
+
+    /// Like [`OrgUserIndex::directory`], without copying the snapshot.
+    pub async fn shared_directory(
+        &self,
+        client: &AtlasClient,
+        org_id: &str,
+    ) -> Result<Arc<OrgUserDirectory>, AtlasError> {
+        let entry = self.entry(org_id);
+        if let Some(snapshot) = self.fresh(&entry.state.lock().expect("index lock")) {
+            return Ok(snapshot);
+        }
+        let _listing = entry.refresh.lock().await;
+        // Whoever held the lock before may have just listed.
+        if let Some(snapshot) = self.fresh(&entry.state.lock().expect("index lock")) {
+            return Ok(snapshot);
+        }
+        entry.state.lock().expect("index lock").writes_during_listing = Some(Vec::new());
+        let started = Instant::now();
+        let listed = client.list_org_users(org_id, &ListOrgUsersQuery::all_statuses()).await;
+        self.listings.fetch_add(1, Ordering::Relaxed);
+        let mut state = entry.state.lock().expect("index lock");
+        let writes = state.writes_during_listing.take().unwrap_or_default();
+        let users = listed?;
+        let mut directory = OrgUserDirectory::new(users);
+        for (action, outcome) in &writes {
+            directory.apply(action, outcome);
+        }
+        let snapshot = Arc::new(directory);
+        state.snapshot = Some(snapshot.clone());
+        // Age from when the listing began: writes by others after that are not in it.
+        state.listed_at = Some(started);
+        Ok(snapshot)
+    }
+
+    /// Update the organization's snapshot after one executed action (the user Atlas returned,
+    /// or a removal).
+    pub fn apply(&self, org_id: &str, action: &Action, outcome: &ActionOutcome) {
+        let entry = self.entry(org_id);
+        let mut state = entry.state.lock().expect("index lock");
+        if let Some(writes) = state.writes_during_listing.as_mut() {
+            writes.push((action.clone(), outcome.clone()));
+        }
+        if let Some(snapshot) = state.snapshot.as_mut() {
+            Arc::make_mut(snapshot).apply(action, outcome);
+        }
+    }
+
+    /// Record a user as Atlas just reported it (an invitation that met an existing user).
+    pub fn upsert(&self, org_id: &str, user: &OrgUser) {
+        let entry = self.entry(org_id);
+        let mut state = entry.state.lock().expect("index lock");
+        if let Some(snapshot) = state.snapshot.as_mut() {
+            Arc::make_mut(snapshot).upsert(user.clone());
+        }
+    }
+
+    /// Forget the organization's snapshot: the next [`OrgUserIndex::directory`] lists again.
+    pub fn invalidate(&self, org_id: &str) {
+        let entry = self.entry(org_id);
+        let mut state = entry.state.lock().expect("index lock");
+        state.listed_at = None;
+        state.snapshot = None;
+    }
+
+    /// The team remembered for `key` (`id:<id>` or `name:<lowercase name>`), if still trusted.
+    pub(crate) fn team(&self, org_id: &str, key: &str) -> Option<Team> {
+        let teams = self.teams.lock().expect("index lock");
+        let entry = teams.get(&(org_id.to_string(), key.to_string()))?;
+        (entry.seen_at.elapsed() < self.team_refresh_interval).then(|| entry.team.clone())
+    }
+
+    pub(crate) fn remember_team(&self, org_id: &str, team: &Team) {
+        let mut teams = self.teams.lock().expect("index lock");
+        let seen_at = Instant::now();
+        for key in team_keys(org_id, team) {
+            teams.insert(key, TeamEntry { team: team.clone(), seen_at });
+        }
+    }
+
+    pub(crate) fn forget_team(&self, org_id: &str, team: &Team) {
+        let mut teams = self.teams.lock().expect("index lock");
+        for key in team_keys(org_id, team) {
+            teams.remove(&key);
+        }
+    }
+}

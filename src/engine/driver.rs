@@ -1,0 +1,235 @@
+//! Reconcile a set of objects in passes, without Kubernetes: what `plan -f` and `apply -f`,
+//! the benchmark and the fault campaign run. Within a pass every object is reconciled once,
+//! concurrently up to a bound; a team membership starts once the AtlasOrgUser objects of
+//! its members (same organization, from the same set) are done, so a new user is invited
+//! before being added to a team while other invitations go on. Each pass starts from a fresh
+//! listing of every organization; statuses carry over from pass to pass as they would in
+//! the cluster.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use futures::future::join_all;
+use jiff::Timestamp;
+use tokio::sync::{Semaphore, watch};
+
+use super::{Mode, OrgUserReport, TeamReport, reconcile_org_user, reconcile_team_membership};
+use crate::api::{AtlasOrgUser, AtlasTeamMembership};
+use crate::atlas::{AtlasClient, AtlasError, OrgUserIndex};
+use crate::reconcile::{Claim, username_key};
+
+/// The objects of one run, with the statuses of the last pass.
+#[derive(Clone, Debug, Default)]
+pub struct ObjectSet {
+    pub org_users: Vec<AtlasOrgUser>,
+    pub team_memberships: Vec<AtlasTeamMembership>,
+}
+
+/// Which object a report is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ObjectId {
+    OrgUser(usize),
+    TeamMembership(usize),
+}
+
+/// One object's reconcile in one pass.
+#[derive(Debug)]
+pub enum Outcome {
+    OrgUser(Result<OrgUserReport, AtlasError>),
+    TeamMembership(Result<TeamReport, AtlasError>),
+}
+
+impl Outcome {
+    /// Another pass would change nothing for this object.
+    pub fn is_settled(&self) -> bool {
+        match self {
+            Outcome::OrgUser(Ok(r)) => r.is_settled(),
+            Outcome::TeamMembership(Ok(r)) => r.is_settled(),
+            _ => false,
+        }
+    }
+
+    /// A call failed, or nothing could be planned.
+    pub fn is_failed(&self) -> bool {
+        match self {
+            Outcome::OrgUser(Ok(r)) => r.has_failures() || is_stalled(&r.status.conditions),
+            Outcome::TeamMembership(Ok(r)) => r.has_failures() || is_stalled(&r.status.conditions),
+            _ => true,
+        }
+    }
+}
+
+fn is_stalled(conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]) -> bool {
+    crate::api::conditions::is_true(conditions, crate::api::conditions::STALLED)
+}
+
+/// `namespace/name` of an object's metadata.
+pub fn display_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+    format!("{}/{}", meta.namespace.as_deref().unwrap_or("default"), meta.name.as_deref().unwrap_or(""))
+}
+
+fn claim(object: &AtlasOrgUser) -> Claim {
+    let meta = &object.metadata;
+    Claim::new(
+        meta.namespace.clone().unwrap_or_default(),
+        meta.name.clone().unwrap_or_default(),
+        meta.creation_timestamp.as_ref().map(|t| t.0),
+    )
+}
+
+impl ObjectSet {
+    /// For each org user: the other objects claiming the same (orgId, username).
+    fn rivals(&self) -> Vec<Vec<Claim>> {
+        let mut by_key: HashMap<(String, String), Vec<usize>> = HashMap::new();
+        for (i, u) in self.org_users.iter().enumerate() {
+            by_key.entry((u.spec.org_id.clone(), username_key(&u.spec.username))).or_default().push(i);
+        }
+        self.org_users
+            .iter()
+            .enumerate()
+            .map(|(i, u)| {
+                by_key[&(u.spec.org_id.clone(), username_key(&u.spec.username))]
+                    .iter()
+                    .filter(|&&j| j != i)
+                    .map(|&j| claim(&self.org_users[j]))
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// AtlasOrgUser name -> username, per namespace.
+    fn refs_by_namespace(&self) -> HashMap<String, BTreeMap<String, String>> {
+        let mut refs: HashMap<String, BTreeMap<String, String>> = HashMap::new();
+        for u in &self.org_users {
+            let meta = &u.metadata;
+            refs.entry(meta.namespace.clone().unwrap_or_default())
+                .or_default()
+                .insert(meta.name.clone().unwrap_or_default(), u.spec.username.clone());
+        }
+        refs
+    }
+
+    /// For each team membership: the org users (indices) it waits for in a pass.
+    fn dependencies(&self) -> Vec<Vec<usize>> {
+        let mut by_username: HashMap<(String, String), Vec<usize>> = HashMap::new();
+        let mut by_name: HashMap<(String, String), usize> = HashMap::new();
+        for (i, u) in self.org_users.iter().enumerate() {
+            by_username.entry((u.spec.org_id.clone(), username_key(&u.spec.username))).or_default().push(i);
+            let meta = &u.metadata;
+            by_name.insert((meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default()), i);
+        }
+        self.team_memberships
+            .iter()
+            .map(|t| {
+                let namespace = t.metadata.namespace.clone().unwrap_or_default();
+                let mut deps: Vec<usize> = Vec::new();
+                for m in &t.spec.members {
+                    if let Some(username) = &m.username
+                        && let Some(found) = by_username.get(&(t.spec.org_id.clone(), username_key(username)))
+                    {
+                        deps.extend(found);
+                    }
+                    if let Some(r) = &m.org_user_ref
+                        && let Some(&i) = by_name.get(&(namespace.clone(), r.name.clone()))
+                    {
+                        deps.push(i);
+                    }
+                }
+                deps.sort_unstable();
+                deps.dedup();
+                deps
+            })
+            .collect()
+    }
+
+    /// The organizations the objects name.
+    pub fn org_ids(&self) -> Vec<String> {
+        let mut orgs: Vec<String> = self
+            .org_users
+            .iter()
+            .map(|u| u.spec.org_id.clone())
+            .chain(self.team_memberships.iter().map(|t| t.spec.org_id.clone()))
+            .collect();
+        orgs.sort();
+        orgs.dedup();
+        orgs
+    }
+
+    pub fn len(&self) -> usize {
+        self.org_users.len() + self.team_memberships.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Reconcile every object once. `on_done` sees each object's outcome as it finishes (for
+/// progress); the outcomes are also returned, in object order (org users, then team
+/// memberships). In [`Mode::Apply`] each object's status is replaced by the new one.
+pub async fn run_pass(
+    client: &AtlasClient,
+    index: &OrgUserIndex,
+    objects: &mut ObjectSet,
+    mode: Mode,
+    concurrency: usize,
+    on_done: &(dyn Fn(ObjectId, &Outcome) + Sync),
+) -> Vec<(ObjectId, Outcome)> {
+    for org in objects.org_ids() {
+        index.invalidate(&org);
+    }
+    let now = Timestamp::now();
+    let permits = Semaphore::new(concurrency.max(1));
+    let rivals = objects.rivals();
+    let refs = objects.refs_by_namespace();
+    let deps = objects.dependencies();
+    let no_refs = BTreeMap::new();
+    let (done_tx, done_rx): (Vec<_>, Vec<_>) = objects.org_users.iter().map(|_| watch::channel(false)).unzip();
+    let done_tx = Arc::new(done_tx);
+
+    let org_user_runs = objects.org_users.iter().enumerate().map(|(i, object)| {
+        let (permits, rivals, done_tx) = (&permits, &rivals[i], done_tx.clone());
+        async move {
+            let outcome = {
+                let _permit = permits.acquire().await.expect("never closed");
+                Outcome::OrgUser(reconcile_org_user(client, index, object, rivals, mode, now).await)
+            };
+            let _ = done_tx[i].send(true);
+            on_done(ObjectId::OrgUser(i), &outcome);
+            (ObjectId::OrgUser(i), outcome)
+        }
+    });
+    let team_runs = objects.team_memberships.iter().enumerate().map(|(i, object)| {
+        let (permits, deps, done_rx) = (&permits, &deps[i], &done_rx);
+        let namespace = object.metadata.namespace.clone().unwrap_or_default();
+        let refs = refs.get(&namespace).unwrap_or(&no_refs);
+        async move {
+            for &d in deps {
+                let mut rx = done_rx[d].clone();
+                let _ = rx.wait_for(|done| *done).await;
+            }
+            let outcome = {
+                let _permit = permits.acquire().await.expect("never closed");
+                Outcome::TeamMembership(reconcile_team_membership(client, index, object, refs, mode, now).await)
+            };
+            on_done(ObjectId::TeamMembership(i), &outcome);
+            (ObjectId::TeamMembership(i), outcome)
+        }
+    });
+    let (mut results, teams) = futures::join!(join_all(org_user_runs), join_all(team_runs));
+    results.extend(teams);
+    if mode == Mode::Apply {
+        for (id, outcome) in &results {
+            match (id, outcome) {
+                (ObjectId::OrgUser(i), Outcome::OrgUser(Ok(r))) => {
+                    objects.org_users[*i].status = Some(r.status.clone());
+                }
+                (ObjectId::TeamMembership(i), Outcome::TeamMembership(Ok(r))) => {
+                    objects.team_memberships[*i].status = Some(r.status.clone());
+                }
+                _ => {}
+            }
+        }
+    }
+    results
+}
