@@ -46,6 +46,7 @@
 
 mod api;
 mod auth;
+pub mod cli;
 mod clock;
 mod control;
 mod error;
