@@ -194,8 +194,7 @@ impl Shared {
             axum::http::StatusCode::BAD_REQUEST,
             codes::INVITATIONS_RATE_LIMITED_IP,
             format!("Too many invitations from {ip}. Please try again later."),
-        )
-        .with_params(vec![ip.into()]))
+        ))
     }
 }
 
