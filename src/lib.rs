@@ -10,4 +10,5 @@ pub mod controller;
 pub mod http;
 pub mod metrics;
 pub mod reconcile;
+pub mod sim;
 pub mod telemetry;
