@@ -21,20 +21,16 @@ fn refuse() -> ! {
     )
 }
 
-pub fn init_crypto() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 /// Admin client from `KUBECONFIG`.
 pub async fn admin_client() -> Client {
-    init_crypto();
+    super::init_crypto();
     let path = std::env::var("KUBECONFIG").unwrap_or_else(|_| refuse());
     client_from(&path).await
 }
 
 /// Client for the unprivileged user envtest creates (`ENVTEST_UNPRIVILEGED_KUBECONFIG`), if any.
 pub async fn unprivileged_client() -> Option<Client> {
-    init_crypto();
+    super::init_crypto();
     let path = std::env::var("ENVTEST_UNPRIVILEGED_KUBECONFIG").ok()?;
     Some(client_from(&path).await)
 }
