@@ -26,6 +26,9 @@ pub enum Command {
     },
     /// Serve an in-memory Atlas Admin API (the simulator) for tests, demos and benchmarks.
     Sim(crate::sim::cli::SimArgs),
+    /// Run the operator: reconcile AtlasOrgUser and AtlasTeamMembership objects in the cluster
+    /// that the kubeconfig (or the in-cluster service account) points at.
+    Run(crate::controller::RunArgs),
 }
 
 /// Run the command line; the exit code says whether it worked.
@@ -33,6 +36,13 @@ pub async fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Crds { out_dir } => crds(out_dir),
         Command::Sim(args) => sim(args).await,
+        Command::Run(args) => match crate::controller::run(args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 
