@@ -7,3 +7,8 @@ pub mod api;
 pub mod atlas;
 pub mod cli;
 pub mod controller;
+pub mod http;
+pub mod metrics;
+pub mod reconcile;
+pub mod sim;
+pub mod telemetry;

@@ -24,12 +24,15 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         out_dir: Option<PathBuf>,
     },
+    /// Serve an in-memory Atlas Admin API (the simulator) for tests, demos and benchmarks.
+    Sim(crate::sim::cli::SimArgs),
 }
 
 /// Run the command line; the exit code says whether it worked.
 pub async fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Crds { out_dir } => crds(out_dir),
+        Command::Sim(args) => sim(args).await,
     }
 }
 
@@ -53,4 +56,8 @@ fn crds(out_dir: Option<PathBuf>) -> ExitCode {
             ExitCode::SUCCESS
         }
     }
+}
+
+async fn sim(args: crate::sim::cli::SimArgs) -> ExitCode {
+    crate::sim::cli::run(args).await
 }

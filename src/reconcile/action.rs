@@ -1,0 +1,169 @@
+//! What a plan asks Atlas to do: one [`Action`] per Atlas call, in order, each naming the
+//! client operation it maps to so an executor is a plain `match`.
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::atlas::models::{MembershipStatus, OrgUserRequest, OrgUserUpdateRequest};
+
+/// Why a plan removes a user from the organization.
+#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum RemovalPurpose {
+    /// The AtlasOrgUser is being deleted under `deletionPolicy: Delete`.
+    Deletion,
+    /// Atlas still lists the invitation as PENDING after its expiry; it is cancelled so a new
+    /// one can be sent (createOrgUser answers 409 while a PENDING user exists).
+    CancelExpiredInvitation,
+}
+
+/// One Atlas call. Variants map one to one onto client operations.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+#[serde(tag = "op", rename_all = "camelCase", rename_all_fields = "camelCase")]
+pub enum Action {
+    /// `createOrgUser`: send an invitation (also replaces an expired or rejected one).
+    CreateOrgUser {
+        org_id: String,
+        request: OrgUserRequest,
+        /// The status of the invitation being replaced, for a re-invitation.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reissues: Option<MembershipStatus>,
+    },
+    /// `removeOrgUser`: remove the user, or cancel their invitation.
+    RemoveOrgUser {
+        org_id: String,
+        user_id: String,
+        username: String,
+        /// What Atlas reported for the user when the plan was made.
+        membership_status: MembershipStatus,
+        purpose: RemovalPurpose,
+    },
+    /// `addOrgUserRole` (`:addRole`): one organization role.
+    AddOrgRole { org_id: String, user_id: String, username: String, role: String },
+    /// `removeOrgUserRole` (`:removeRole`): one organization role.
+    RemoveOrgRole { org_id: String, user_id: String, username: String, role: String },
+    /// `updateOrgUser` (PATCH): the full roles object, for project roles.
+    UpdateOrgUser {
+        org_id: String,
+        user_id: String,
+        username: String,
+        request: OrgUserUpdateRequest,
+        /// Projects whose roles this call changes (the request carries all of them).
+        changed_projects: Vec<String>,
+    },
+    /// `addOrgTeamUser` (`:addUser`).
+    AddTeamUser { org_id: String, team_id: String, user_id: String, username: String },
+    /// `removeOrgTeamUser` (`:removeUser`).
+    RemoveTeamUser { org_id: String, team_id: String, user_id: String, username: String },
+}
+
+impl Action {
+    /// The Atlas user id the call is about, once known (an invitation has none yet).
+    pub fn user_id(&self) -> Option<&str> {
+        match self {
+            Action::CreateOrgUser { .. } => None,
+            Action::RemoveOrgUser { user_id, .. }
+            | Action::AddOrgRole { user_id, .. }
+            | Action::RemoveOrgRole { user_id, .. }
+            | Action::UpdateOrgUser { user_id, .. }
+            | Action::AddTeamUser { user_id, .. }
+            | Action::RemoveTeamUser { user_id, .. } => Some(user_id),
+        }
+    }
+
+    /// The username the call is about.
+    pub fn username(&self) -> &str {
+        match self {
+            Action::CreateOrgUser { request, .. } => &request.username,
+            Action::RemoveOrgUser { username, .. }
+            | Action::AddOrgRole { username, .. }
+            | Action::RemoveOrgRole { username, .. }
+            | Action::UpdateOrgUser { username, .. }
+            | Action::AddTeamUser { username, .. }
+            | Action::RemoveTeamUser { username, .. } => username,
+        }
+    }
+}
+
+fn join<S: AsRef<str>>(items: &[S]) -> String {
+    items.iter().map(AsRef::as_ref).collect::<Vec<_>>().join(", ")
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::CreateOrgUser { org_id, request, reissues } => {
+                match reissues {
+                    None => write!(f, "invite {} to org {org_id}", request.username)?,
+                    Some(MembershipStatus::InvitationRejected) => {
+                        write!(f, "re-invite {} to org {org_id} (invitation rejected)", request.username)?
+                    }
+                    Some(_) => write!(f, "re-invite {} to org {org_id} (invitation expired)", request.username)?,
+                }
+                write!(f, " with {}", join(&request.roles.org_roles))?;
+                for assignment in &request.roles.group_role_assignments {
+                    let project = assignment.group_id.as_deref().unwrap_or("?");
+                    write!(f, ", project {project}: {}", join(&assignment.group_roles))?;
+                }
+                if !request.team_ids.is_empty() {
+                    write!(f, ", teams {}", join(&request.team_ids))?;
+                }
+                Ok(())
+            }
+            Action::RemoveOrgUser { org_id, user_id, username, membership_status, purpose } => match purpose {
+                RemovalPurpose::CancelExpiredInvitation => write!(
+                    f,
+                    "cancel the expired invitation of {username} ({user_id}) in org {org_id} (Atlas still lists it as PENDING)"
+                ),
+                RemovalPurpose::Deletion if *membership_status == MembershipStatus::Active => {
+                    write!(f, "remove {username} ({user_id}) from org {org_id}")
+                }
+                RemovalPurpose::Deletion => {
+                    write!(f, "cancel the invitation of {username} ({user_id}) to org {org_id}")
+                }
+            },
+            Action::AddOrgRole { org_id, user_id, username, role } => {
+                write!(f, "add org role {role} to {username} ({user_id}) in org {org_id}")
+            }
+            Action::RemoveOrgRole { org_id, user_id, username, role } => {
+                write!(f, "remove org role {role} from {username} ({user_id}) in org {org_id}")
+            }
+            Action::UpdateOrgUser { org_id, user_id, username, request, changed_projects } => {
+                write!(f, "set project roles of {username} ({user_id}) in org {org_id}:")?;
+                let assignments = request.roles.as_ref().map(|r| r.group_role_assignments.as_slice()).unwrap_or(&[]);
+                for (i, project) in changed_projects.iter().enumerate() {
+                    let roles: Vec<&str> = assignments
+                        .iter()
+                        .filter(|a| a.group_id.as_deref() == Some(project.as_str()))
+                        .flat_map(|a| a.group_roles.iter().map(String::as_str))
+                        .collect();
+                    let sep = if i == 0 { " " } else { "; " };
+                    write!(
+                        f,
+                        "{sep}project {project}: {}",
+                        if roles.is_empty() { "none".into() } else { join(&roles) }
+                    )?;
+                }
+                Ok(())
+            }
+            Action::AddTeamUser { org_id, team_id, user_id, username } => {
+                write!(f, "add {username} ({user_id}) to team {team_id} in org {org_id}")
+            }
+            Action::RemoveTeamUser { org_id, team_id, user_id, username } => {
+                write!(f, "remove {username} ({user_id}) from team {team_id} in org {org_id}")
+            }
+        }
+    }
+}
+
+/// How an executor treats a failed call.
+#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum FailureMode {
+    /// Each call builds on the previous ones (roles: add before remove): stop at the first failure.
+    Sequential,
+    /// Calls are independent (one team member each): a refusal for one member does not stop the
+    /// others; only failures that would hit every call (auth, rate limit, outage) stop the plan.
+    Independent,
+}
