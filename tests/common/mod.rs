@@ -2,6 +2,7 @@
 
 #![allow(dead_code)] // Each test binary uses its own subset.
 
+pub mod atlas;
 pub mod cluster;
 pub mod manifests;
 pub mod sim;
