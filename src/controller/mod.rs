@@ -178,7 +178,12 @@ pub fn incomplete(outcomes: &[ActionOutcome]) -> Option<Error> {
 }
 
 fn object_key<K: Resource<DynamicType = ()>>(obj: &K) -> String {
-    format!("{}/{}/{}", K::kind(&()), obj.meta().namespace.as_deref().unwrap_or_default(), obj.meta().name.as_deref().unwrap_or_default())
+    format!(
+        "{}/{}/{}",
+        K::kind(&()),
+        obj.meta().namespace.as_deref().unwrap_or_default(),
+        obj.meta().name.as_deref().unwrap_or_default()
+    )
 }
 
 /// `base` ± 10%.
@@ -333,9 +338,9 @@ pub async fn check_crds(client: &Client) -> Result<(), String> {
                 Err(format!("CRDs missing ({}): install them with `kubectl apply -f crds/`", missing.join(", ")))
             }
         }
-        Err(kube::Error::Api(s)) if s.code == 404 => Err(format!(
-            "the API group {version} is not served: install the CRDs with `kubectl apply -f crds/`"
-        )),
+        Err(kube::Error::Api(s)) if s.code == 404 => {
+            Err(format!("the API group {version} is not served: install the CRDs with `kubectl apply -f crds/`"))
+        }
         Err(e) => Err(format!("cannot reach the Kubernetes API to look for the CRDs: {e}")),
     }
 }
@@ -389,10 +394,10 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         None
     };
 
-    let mut template = ClientConfig::new(args.atlas_url.clone(), Credentials::ApiKey {
-        public_key: String::new(),
-        private_key: secrecy::SecretString::from(String::new()),
-    });
+    let mut template = ClientConfig::new(
+        args.atlas_url.clone(),
+        Credentials::ApiKey { public_key: String::new(), private_key: secrecy::SecretString::from(String::new()) },
+    );
     template.insecure_http = args.atlas_insecure_http;
     template.metrics = atlas_metrics;
     let clients = AtlasClients::new(template, default_secret);
@@ -406,10 +411,10 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
 
     let ctx = Arc::new(Context {
         kube: kube.clone(),
-        recorder: Recorder::new(kube.clone(), Reporter {
-            controller: CONTROLLER_NAME.into(),
-            instance: std::env::var("POD_NAME").ok(),
-        }),
+        recorder: Recorder::new(
+            kube.clone(),
+            Reporter { controller: CONTROLLER_NAME.into(), instance: std::env::var("POD_NAME").ok() },
+        ),
         metrics,
         clients,
         index: OrgUserIndex::new(args.index_refresh_interval),
@@ -433,7 +438,7 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         })
         .graceful_shutdown_on(wait(shutdown.clone()))
         .run(object::reconcile::<AtlasOrgUser>, error_policy, ctx.clone())
-        .for_each(|_| futures::future::ready(()));
+        .for_each(log_run_error);
 
     let (ctx_b, teams_b) = (ctx.clone(), teams.clone());
     let teams_c = teams.clone();
@@ -460,13 +465,13 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         })
         .graceful_shutdown_on(wait(shutdown.clone()))
         .run(object::reconcile::<AtlasTeamMembership>, error_policy, ctx.clone())
-        .for_each(|_| futures::future::ready(()));
+        .for_each(log_run_error);
 
     let readiness = {
         let (org_users, teams, ready) = (org_users.clone(), teams.clone(), ready.clone());
         let ctx = ctx.clone();
         async move {
-            if org_users.wait_until_ready().await.is_ok() && teams.wait_until_ready().await.is_ok() {
+            if store_ready(&org_users).await && store_ready(&teams).await {
                 ready.store(true, Ordering::Relaxed);
                 tracing::info!("caches synced; ready");
                 check_atlas_reachable(&ctx).await;
@@ -504,6 +509,28 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
     shutdown.notify_waiters();
     let _ = http_task.await;
     if lost_leadership { Err("lost leadership".into()) } else { Ok(()) }
+}
+
+/// Wait until a reflector store has its first listing. kube's readiness signal wakes only
+/// the most recent waiter (the Controller's own runner also waits on it), so poll it
+/// again every half second instead of relying on a wake-up.
+async fn store_ready<K>(store: &Store<K>) -> bool
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    loop {
+        if let Ok(result) = tokio::time::timeout(Duration::from_millis(500), store.wait_until_ready()).await {
+            return result.is_ok();
+        }
+    }
+}
+
+/// Watch and queue errors of a Controller's stream (reconcile errors are logged by `error_policy`).
+fn log_run_error<K, E: std::fmt::Display>(result: Result<K, E>) -> futures::future::Ready<()> {
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "controller stream");
+    }
+    futures::future::ready(())
 }
 
 async fn wait(notify: Arc<tokio::sync::Notify>) {

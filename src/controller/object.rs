@@ -143,8 +143,11 @@ async fn converge<K: Managed>(api: &Api<K>, obj: Arc<K>, ctx: &Context, deleting
 async fn cleanup<K: Managed>(api: &Api<K>, obj: Arc<K>, ctx: &Context) -> Result<Action, Error> {
     // Orphaning needs no Atlas call, so it needs no credentials either.
     if ctx.deletion_protection || obj.deletion_policy() == DeletionPolicy::Orphan {
-        let why =
-            if ctx.deletion_protection { "the operator runs with --deletion-protection" } else { "deletionPolicy is Orphan" };
+        let why = if ctx.deletion_protection {
+            "the operator runs with --deletion-protection"
+        } else {
+            "deletionPolicy is Orphan"
+        };
         ctx.publish(obj.as_ref(), false, "Orphaned", &format!("left {} in Atlas: {why}", obj.left_in_atlas())).await;
         ctx.metrics.set_ready(K::KIND, &obj.namespace().unwrap_or_default(), &obj.name_any(), None);
         return Ok(Action::await_change());

@@ -31,7 +31,8 @@ impl Managed for AtlasTeamMembership {
 
     async fn run_engine(&self, client: &AtlasClient, ctx: &Context) -> Result<Report<Self::Status>, AtlasError> {
         let refs = org_user_refs(&ctx.org_users, &self.namespace().unwrap_or_default());
-        let r = engine::reconcile_team_membership(client, &ctx.index, self, &refs, Mode::Apply, Timestamp::now()).await?;
+        let r =
+            engine::reconcile_team_membership(client, &ctx.index, self, &refs, Mode::Apply, Timestamp::now()).await?;
         Ok(Report {
             status: r.status,
             outcomes: r.outcomes,

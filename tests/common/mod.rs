@@ -5,6 +5,7 @@
 pub mod atlas;
 pub mod cluster;
 pub mod manifests;
+pub mod operator;
 pub mod sim;
 
 use std::sync::Once;
