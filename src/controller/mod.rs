@@ -199,6 +199,31 @@ pub fn backoff_delay(attempt: u32) -> Duration {
 }
 
 impl Context {
+    /// A context for embedding the reconcilers elsewhere (tests drive them with a mocked
+    /// kube client; `run` builds its own).
+    pub fn new(
+        kube: Client,
+        clients: AtlasClients,
+        index: OrgUserIndex,
+        org_users: Store<AtlasOrgUser>,
+        metrics: ControllerMetrics,
+        resync_interval: Duration,
+        deletion_protection: bool,
+    ) -> Self {
+        let recorder = Recorder::new(kube.clone(), Reporter { controller: CONTROLLER_NAME.into(), instance: None });
+        Self {
+            kube,
+            recorder,
+            metrics,
+            clients,
+            index,
+            org_users,
+            resync_interval,
+            deletion_protection,
+            backoff: Mutex::default(),
+        }
+    }
+
     fn next_backoff(&self, key: &str) -> Duration {
         let mut map = self.backoff.lock().expect("backoff lock");
         let attempt = map.entry(key.to_string()).or_insert(0);
@@ -270,6 +295,16 @@ where
     };
     ctx.metrics.observe_reconcile(&kind, outcome, started.elapsed());
     result
+}
+
+/// One reconcile of an AtlasOrgUser, as the Controller runs it.
+pub async fn reconcile_org_user(obj: Arc<AtlasOrgUser>, ctx: Arc<Context>) -> Result<Action, Error> {
+    object::reconcile(obj, ctx).await
+}
+
+/// One reconcile of an AtlasTeamMembership, as the Controller runs it.
+pub async fn reconcile_team_membership(obj: Arc<AtlasTeamMembership>, ctx: Arc<Context>) -> Result<Action, Error> {
+    object::reconcile(obj, ctx).await
 }
 
 /// Secrets labelled as Atlas credentials: which objects use the one that changed.
@@ -437,7 +472,7 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
             })
         })
         .graceful_shutdown_on(wait(shutdown.clone()))
-        .run(object::reconcile::<AtlasOrgUser>, error_policy, ctx.clone())
+        .run(reconcile_org_user, error_policy, ctx.clone())
         .for_each(log_run_error);
 
     let (ctx_b, teams_b) = (ctx.clone(), teams.clone());
@@ -464,7 +499,7 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
                 .collect::<Vec<_>>()
         })
         .graceful_shutdown_on(wait(shutdown.clone()))
-        .run(object::reconcile::<AtlasTeamMembership>, error_policy, ctx.clone())
+        .run(reconcile_team_membership, error_policy, ctx.clone())
         .for_each(log_run_error);
 
     let readiness = {
