@@ -4,6 +4,7 @@
 
 pub mod atlas;
 pub mod cluster;
+pub mod kube_mock;
 pub mod manifests;
 pub mod operator;
 pub mod sim;
