@@ -10,21 +10,27 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use atlas_access_operator::api::{AtlasOrgUser, AtlasOrgUserStatus, FINALIZER};
+use atlas_access_operator::api::{
+    AtlasOrgUser, AtlasOrgUserStatus, AtlasTeamMembership, AtlasTeamMembershipStatus, FINALIZER, MemberState,
+};
 use atlas_access_operator::atlas::models::MembershipStatus;
 use atlas_access_operator::atlas::{ClientConfig, Credentials, OrgUserIndex};
 use atlas_access_operator::controller::credentials::AtlasClients;
-use atlas_access_operator::controller::{Context, Retry, reconcile_org_user};
+use atlas_access_operator::controller::{Context, Retry, reconcile_org_user, reconcile_team_membership};
 use atlas_access_operator::metrics::ControllerMetrics;
 use atlas_access_operator::sim::{SimConfig, SimHandle, Simulator};
 use common::kube_mock::{ApiServer, Call, mock_client};
 use http::Method;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::Resource;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher;
 use prometheus_client::registry::Registry;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 const ORG: &str = "5f1b2c3d4e5f60718293a4b5";
@@ -37,7 +43,6 @@ const FIELD_MANAGER: &str = "atlas-access-operator";
 const RESYNC: Duration = Duration::from_secs(300);
 
 const OBJECT_PATH: &str = "/apis/atlas-access.dev/v1alpha1/namespaces/team-a/atlasorgusers/alice";
-const STATUS_PATH: &str = "/apis/atlas-access.dev/v1alpha1/namespaces/team-a/atlasorgusers/alice/status";
 const SECRET_PATH: &str = "/api/v1/namespaces/team-a/secrets/atlas-credentials";
 const EVENTS_PATH: &str = "/apis/events.k8s.io/v1/namespaces/team-a/events";
 
@@ -102,8 +107,8 @@ fn finalized(mut obj: AtlasOrgUser) -> AtlasOrgUser {
     obj
 }
 
-fn deleting(mut obj: AtlasOrgUser) -> AtlasOrgUser {
-    obj.metadata.deletion_timestamp = Some(serde_json::from_value(json!("2026-01-06T10:00:00Z")).unwrap());
+fn deleting<K: Resource>(mut obj: K) -> K {
+    obj.meta_mut().deletion_timestamp = Some(serde_json::from_value(json!("2026-01-06T10:00:00Z")).unwrap());
     obj
 }
 
@@ -131,9 +136,21 @@ fn answer_secret(call: Call) {
     call.respond(200, &credentials_secret());
 }
 
-/// An events.k8s.io Event about `alice`: checks who reports it and what it regards, answers
+/// `/apis/GROUP/VERSION/namespaces/NS/PLURAL/NAME` of an object.
+fn object_path<K: Resource<DynamicType = ()>>(obj: &K) -> String {
+    let meta = obj.meta();
+    format!(
+        "/apis/{}/namespaces/{}/{}/{}",
+        K::api_version(&()),
+        meta.namespace.as_deref().unwrap(),
+        K::plural(&()),
+        meta.name.as_deref().unwrap()
+    )
+}
+
+/// An events.k8s.io Event about `obj`: checks who reports it and what it regards, answers
 /// 201 with it, and returns (type, reason, note).
-fn answer_event(call: Call) -> (String, String, String) {
+fn answer_event<K: Resource<DynamicType = ()>>(call: Call, obj: &K) -> (String, String, String) {
     call.expect(Method::POST, EVENTS_PATH, &[]);
     let event = &call.body;
     assert_eq!(event["apiVersion"], "events.k8s.io/v1", "{call:?}");
@@ -144,11 +161,11 @@ fn answer_event(call: Call) -> (String, String, String) {
     assert_eq!(
         (&regarding["apiVersion"], &regarding["kind"], &regarding["namespace"], &regarding["name"], &regarding["uid"]),
         (
-            &json!("atlas-access.dev/v1alpha1"),
-            &json!("AtlasOrgUser"),
-            &json!(NS),
-            &json!("alice"),
-            &json!("0b5a3c1e-0000-4000-8000-00000000a11c")
+            &json!(K::api_version(&())),
+            &json!(K::kind(&())),
+            &json!(obj.meta().namespace),
+            &json!(obj.meta().name),
+            &json!(obj.meta().uid)
         ),
         "{call:?}"
     );
@@ -164,18 +181,25 @@ fn answer_event(call: Call) -> (String, String, String) {
 /// The status apply: `/status`, the operator's field manager with force, an apply patch whose
 /// body is exactly apiVersion, kind and status. Answers with `obj` carrying that status and
 /// returns the status.
-fn answer_status_apply(call: Call, obj: &AtlasOrgUser) -> AtlasOrgUserStatus {
-    call.expect(Method::PATCH, STATUS_PATH, &[("fieldManager", FIELD_MANAGER), ("force", "true")]);
+fn answer_status_apply<K, S>(call: Call, obj: &K) -> S
+where
+    K: Resource<DynamicType = ()> + Serialize,
+    S: DeserializeOwned,
+{
+    call.expect(Method::PATCH, &format!("{}/status", object_path(obj)), &[
+        ("fieldManager", FIELD_MANAGER),
+        ("force", "true"),
+    ]);
     assert_eq!(call.content_type.as_deref(), Some("application/apply-patch+yaml"), "{call:?}");
     let mut keys: Vec<&str> = call.body.as_object().unwrap().keys().map(String::as_str).collect();
     keys.sort();
     assert_eq!(keys, ["apiVersion", "kind", "status"], "{call:?}");
-    assert_eq!(call.body["apiVersion"], "atlas-access.dev/v1alpha1");
-    assert_eq!(call.body["kind"], "AtlasOrgUser");
+    assert_eq!(call.body["apiVersion"], K::api_version(&()).as_ref());
+    assert_eq!(call.body["kind"], K::kind(&()).as_ref());
     assert_no_nulls(&call.body, "");
-    let status: AtlasOrgUserStatus = serde_json::from_value(call.body["status"].clone()).unwrap();
-    let mut stored = obj.clone();
-    stored.status = Some(status.clone());
+    let status = serde_json::from_value(call.body["status"].clone()).unwrap();
+    let mut stored = serde_json::to_value(obj).unwrap();
+    stored["status"] = call.body["status"].clone();
     call.respond(200, &stored);
     status
 }
@@ -191,8 +215,8 @@ fn assert_no_nulls(value: &Value, at: &str) {
 }
 
 /// The finalizer's removal: a JSON patch that tests it is still at index 0 before removing it.
-fn answer_finalizer_removal(call: Call, obj: &AtlasOrgUser) {
-    call.expect(Method::PATCH, OBJECT_PATH, &[]);
+fn answer_finalizer_removal<K: Resource<DynamicType = ()> + Serialize>(call: Call, obj: &K) {
+    call.expect(Method::PATCH, &object_path(obj), &[]);
     assert_eq!(call.content_type.as_deref(), Some("application/json-patch+json"), "{call:?}");
     assert_eq!(
         call.body,
@@ -201,13 +225,13 @@ fn answer_finalizer_removal(call: Call, obj: &AtlasOrgUser) {
             {"op": "remove", "path": "/metadata/finalizers/0"},
         ])
     );
-    let mut stored = obj.clone();
-    stored.metadata.finalizers = None;
+    let mut stored = serde_json::to_value(obj).unwrap();
+    stored["metadata"].as_object_mut().unwrap().remove("finalizers");
     call.respond(200, &stored);
 }
 
-fn condition<'a>(status: &'a AtlasOrgUserStatus, type_: &str) -> (&'a str, &'a str, Option<i64>) {
-    let c = status.conditions.iter().find(|c| c.type_ == type_).unwrap_or_else(|| panic!("no {type_}: {status:?}"));
+fn condition<'a>(conditions: &'a [Condition], type_: &str) -> (&'a str, &'a str, Option<i64>) {
+    let c = conditions.iter().find(|c| c.type_ == type_).unwrap_or_else(|| panic!("no {type_}: {conditions:?}"));
     (c.status.as_str(), c.reason.as_str(), c.observed_generation)
 }
 
@@ -260,10 +284,10 @@ async fn an_invitation_publishes_its_event_then_applies_the_status_and_a_converg
     let run = tokio::spawn(reconcile_org_user(Arc::new(obj.clone()), ctx.clone()));
 
     answer_secret(api.next().await);
-    let (type_, reason, note) = answer_event(api.next().await);
+    let (type_, reason, note) = answer_event(api.next().await, &obj);
     assert_eq!((type_.as_str(), reason.as_str()), ("Normal", "InvitationSent"));
     assert!(note.contains(USERNAME), "{note}");
-    let status = answer_status_apply(api.next().await, &obj);
+    let status: AtlasOrgUserStatus = answer_status_apply(api.next().await, &obj);
 
     let action = api.finish(run).await.expect("reconcile succeeds");
     let delay = requeue_after(&action).expect("a drift check is scheduled");
@@ -278,8 +302,8 @@ async fn an_invitation_publishes_its_event_then_applies_the_status_and_a_converg
     assert!(status.invitation_expires_at.is_some());
     assert_eq!(status.observed_generation, Some(1));
     assert_eq!(status.adopted, Some(false));
-    assert_eq!(condition(&status, "Ready"), ("True", "Synced", Some(1)));
-    assert_eq!(condition(&status, "InvitationAccepted"), ("False", "InvitationPending", Some(1)));
+    assert_eq!(condition(&status.conditions, "Ready"), ("True", "Synced", Some(1)));
+    assert_eq!(condition(&status.conditions, "InvitationAccepted"), ("False", "InvitationPending", Some(1)));
     let counters = sim.state().counters();
     assert_eq!(counters.total("createOrgUser"), 1, "{counters:?}");
 
@@ -317,7 +341,7 @@ async fn deletion_with_policy_delete_removes_the_user_then_the_finalizer() {
     let run = tokio::spawn(reconcile_org_user(Arc::new(obj.clone()), ctx.clone()));
 
     answer_secret(api.next().await);
-    let (type_, reason, note) = answer_event(api.next().await);
+    let (type_, reason, note) = answer_event(api.next().await, &obj);
     assert_eq!((type_.as_str(), reason.as_str()), ("Normal", "UserRemoved"));
     assert!(note.contains(USERNAME), "{note}");
     let call = api.next().await;
@@ -341,7 +365,7 @@ async fn deletion_with_policy_orphan_leaves_atlas_alone() {
     let (ctx, mut api) = context(&sim, store_of(&[&obj]));
     let run = tokio::spawn(reconcile_org_user(Arc::new(obj.clone()), ctx.clone()));
 
-    let (type_, reason, note) = answer_event(api.next().await);
+    let (type_, reason, note) = answer_event(api.next().await, &obj);
     assert_eq!((type_.as_str(), reason.as_str()), ("Normal", "Orphaned"));
     assert!(note.contains(USERNAME) && note.contains("deletionPolicy is Orphan"), "{note}");
     answer_finalizer_removal(api.next().await, &obj);
@@ -366,16 +390,16 @@ async fn missing_credentials_stall_with_a_warning_and_a_slow_retry() {
     let call = api.next().await;
     call.expect(Method::GET, SECRET_PATH, &[]);
     call.not_found("secrets", SECRET);
-    let status = answer_status_apply(api.next().await, &obj);
-    let (type_, reason, note) = answer_event(api.next().await);
+    let status: AtlasOrgUserStatus = answer_status_apply(api.next().await, &obj);
+    let (type_, reason, note) = answer_event(api.next().await, &obj);
 
     let err = api.finish(run).await.expect_err("reconcile fails");
     assert_eq!(err.retry(), Retry::Slow, "{err}");
     drop(ctx);
     api.assert_done().await;
 
-    assert_eq!(condition(&status, "Ready"), ("False", "CredentialsMissing", Some(1)));
-    assert_eq!(condition(&status, "Stalled"), ("True", "CredentialsMissing", Some(1)));
+    assert_eq!(condition(&status.conditions, "Ready"), ("False", "CredentialsMissing", Some(1)));
+    assert_eq!(condition(&status.conditions, "Stalled"), ("True", "CredentialsMissing", Some(1)));
     assert!(status.conditions.iter().all(|c| c.type_ != "Reconciling"), "{status:?}");
     assert_eq!(status.user_id, None);
     assert_eq!(status.observed_generation, Some(1));
@@ -399,18 +423,116 @@ async fn a_younger_object_claiming_the_same_user_leaves_atlas_alone() {
     let run = tokio::spawn(reconcile_org_user(Arc::new(obj.clone()), ctx.clone()));
 
     answer_secret(api.next().await);
-    let status = answer_status_apply(api.next().await, &obj);
+    let status: AtlasOrgUserStatus = answer_status_apply(api.next().await, &obj);
     let action = api.finish(run).await.expect("a conflict is a settled state, not an error");
     assert!(requeue_after(&action).is_some());
     drop(ctx);
     api.assert_done().await;
 
-    assert_eq!(condition(&status, "Ready"), ("False", "Conflict", Some(1)));
-    assert_eq!(condition(&status, "Stalled"), ("True", "Conflict", Some(1)));
+    assert_eq!(condition(&status.conditions, "Ready"), ("False", "Conflict", Some(1)));
+    assert_eq!(condition(&status.conditions, "Stalled"), ("True", "Conflict", Some(1)));
     let ready = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
     assert!(ready.message.contains(&format!("{NS}/alice-first")), "{}", ready.message);
     assert_eq!(status.user_id, None);
     assert_eq!(atlas_user_id(&sim), None, "nobody was invited");
     let log = sim.state().request_log();
     assert!(log.iter().all(|r| r.method == "GET"), "{log:?}");
+}
+
+/// A deletion that finds the credentials Secret already gone (a namespace being deleted removes
+/// Secrets and objects together) finishes with the last good client: the pending invitation is
+/// cancelled, then the finalizer goes.
+#[tokio::test]
+async fn deletion_after_the_secret_is_gone_cancels_the_invitation_with_the_last_good_credentials() {
+    let sim = start_sim();
+    let obj = finalized(alice("Delete"));
+    let (ctx, mut api) = context(&sim, store_of(&[&obj]));
+    let run = tokio::spawn(reconcile_org_user(Arc::new(obj.clone()), ctx.clone()));
+    answer_secret(api.next().await);
+    answer_event(api.next().await, &obj);
+    let status: AtlasOrgUserStatus = answer_status_apply(api.next().await, &obj);
+    api.finish(run).await.expect("the invitation is sent");
+    assert!(atlas_user_id(&sim).is_some());
+
+    let mut gone = deleting(obj);
+    gone.status = Some(status);
+    let run = tokio::spawn(reconcile_org_user(Arc::new(gone.clone()), ctx.clone()));
+    let call = api.next().await;
+    call.expect(Method::GET, SECRET_PATH, &[]);
+    call.not_found("secrets", SECRET);
+    let (type_, reason, note) = answer_event(api.next().await, &gone);
+    assert_eq!((type_.as_str(), reason.as_str()), ("Normal", "UserRemoved"));
+    assert!(note.contains("cancel the invitation") && note.contains(USERNAME), "{note}");
+    let call = api.next().await;
+    assert_eq!(atlas_user_id(&sim), None, "the invitation is cancelled before the finalizer goes");
+    answer_finalizer_removal(call, &gone);
+    assert_eq!(api.finish(run).await.expect("clean-up succeeds"), Action::await_change());
+    drop(ctx);
+    api.assert_done().await;
+}
+
+/// The other kind through the same machinery: a member named by `orgUserRef` (resolved through
+/// the AtlasOrgUser store) is added with its event before the status apply; deleting the
+/// object removes the member it added, then the finalizer.
+#[tokio::test]
+async fn a_team_membership_adds_its_member_and_removes_it_on_deletion() {
+    const TEAM_ID: &str = "6b1b2c3d4e5f60718293a4b5";
+    let sim = start_sim();
+    sim.state().add_team_with_id(ORG, TEAM_ID, "observability");
+    let bob_id = sim.state().add_user(ORG, "bob@example.com", MembershipStatus::Active, &["ORG_MEMBER"]);
+    sim.state().reset_counters();
+    let mut bob = finalized(alice("Delete"));
+    bob.metadata.name = Some("bob".into());
+    bob.metadata.uid = Some("0b5a3c1e-0000-4000-8000-000000000b0b".into());
+    bob.spec.username = "bob@example.com".into();
+    let team: AtlasTeamMembership = serde_json::from_value(json!({
+        "apiVersion": "atlas-access.dev/v1alpha1",
+        "kind": "AtlasTeamMembership",
+        "metadata": {
+            "name": "observability", "namespace": NS, "uid": "0b5a3c1e-0000-4000-8000-0000000007ea",
+            "generation": 3, "resourceVersion": "2001", "creationTimestamp": "2026-01-05T10:00:00Z",
+            "finalizers": [FINALIZER],
+        },
+        "spec": {
+            "orgId": ORG, "team": {"id": TEAM_ID}, "members": [{"orgUserRef": {"name": "bob"}}],
+            "credentialsSecretRef": {"name": SECRET}, "deletionPolicy": "Delete",
+        },
+    }))
+    .unwrap();
+    let (ctx, mut api) = context(&sim, store_of(&[&bob]));
+    let run = tokio::spawn(reconcile_team_membership(Arc::new(team.clone()), ctx.clone()));
+
+    answer_secret(api.next().await);
+    let (type_, reason, note) = answer_event(api.next().await, &team);
+    assert_eq!((type_.as_str(), reason.as_str()), ("Normal", "MemberAdded"));
+    assert!(note.contains("bob@example.com") && note.contains("observability"), "{note}");
+    let status: AtlasTeamMembershipStatus = answer_status_apply(api.next().await, &team);
+    let action = api.finish(run).await.expect("reconcile succeeds");
+    assert!(requeue_after(&action).is_some());
+
+    assert_eq!(status.team_id.as_deref(), Some(TEAM_ID));
+    assert_eq!(status.team_name.as_deref(), Some("observability"));
+    assert_eq!(status.observed_generation, Some(3));
+    assert_eq!(condition(&status.conditions, "Ready"), ("True", "Synced", Some(3)));
+    assert_eq!(status.members.len(), 1, "{status:?}");
+    assert_eq!(status.members[0].org_user_ref.as_deref(), Some("bob"));
+    assert_eq!(status.members[0].user_id.as_deref(), Some(bob_id.as_str()));
+    assert_eq!(status.members[0].state, MemberState::Member);
+    assert_eq!(sim.state().team_member_ids(ORG, TEAM_ID), [bob_id.clone()]);
+
+    let mut gone = deleting(team);
+    gone.status = Some(status);
+    let run = tokio::spawn(reconcile_team_membership(Arc::new(gone.clone()), ctx.clone()));
+    answer_secret(api.next().await);
+    let (type_, reason, note) = answer_event(api.next().await, &gone);
+    assert_eq!((type_.as_str(), reason.as_str()), ("Normal", "MemberRemoved"));
+    assert!(note.contains("bob@example.com"), "{note}");
+    let call = api.next().await;
+    assert!(sim.state().team_member_ids(ORG, TEAM_ID).is_empty(), "the member leaves before the finalizer goes");
+    answer_finalizer_removal(call, &gone);
+    assert_eq!(api.finish(run).await.expect("clean-up succeeds"), Action::await_change());
+    drop(ctx);
+    api.assert_done().await;
+    assert!(atlas_user_id(&sim).is_none());
+    assert!(sim.state().org_users(ORG).iter().any(|u| u.id == bob_id), "bob stays in the organization");
 }
