@@ -1,9 +1,14 @@
 //! The controller's reconcile, request by request, without a cluster: a kube client over a
-//! mocked API server (every request is checked and answered by the test, in order) and the
-//! in-process Atlas simulator. Pins the Kubernetes side of one reconcile: the finalizer comes
-//! first and alone, credentials are read before Atlas is called, events go out before the
-//! status, the status is one server-side apply under the operator's field manager (and none
-//! when nothing changed), and the finalizer goes only after the clean-up in Atlas.
+//! mocked API server (every request is checked and answered by the test, in order; one more
+//! request than expected fails the test) and the in-process Atlas simulator.
+//!
+//! Pinned: the finalizer comes first and alone (Atlas untouched); credentials are read before
+//! Atlas is called; events go out before the status; the status is one server-side apply of
+//! `{apiVersion, kind, status}` under the operator's field manager with force, and none when
+//! nothing changed; the finalizer goes only after the clean-up in Atlas (Delete), or at once
+//! with an `Orphaned` event (Orphan); missing credentials stall with a Warning and a slow
+//! retry; conflicts and deletions among two claims of one user; refused events and status
+//! writes; the AtlasTeamMembership kind through the same path.
 
 mod common;
 
@@ -19,7 +24,7 @@ use atlas_access_operator::controller::credentials::AtlasClients;
 use atlas_access_operator::controller::{Context, Retry, reconcile_org_user, reconcile_team_membership};
 use atlas_access_operator::metrics::ControllerMetrics;
 use atlas_access_operator::sim::{SimConfig, SimHandle, Simulator};
-use common::kube_mock::{ApiServer, Call, mock_client};
+use common::kube_mock::{ApiServer, Call, mock_client, status_failure};
 use http::Method;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
@@ -186,10 +191,11 @@ where
     K: Resource<DynamicType = ()> + Serialize,
     S: DeserializeOwned,
 {
-    call.expect(Method::PATCH, &format!("{}/status", object_path(obj)), &[
-        ("fieldManager", FIELD_MANAGER),
-        ("force", "true"),
-    ]);
+    call.expect(
+        Method::PATCH,
+        &format!("{}/status", object_path(obj)),
+        &[("fieldManager", FIELD_MANAGER), ("force", "true")],
+    );
     assert_eq!(call.content_type.as_deref(), Some("application/apply-patch+yaml"), "{call:?}");
     let mut keys: Vec<&str> = call.body.as_object().unwrap().keys().map(String::as_str).collect();
     keys.sort();
@@ -535,4 +541,74 @@ async fn a_team_membership_adds_its_member_and_removes_it_on_deletion() {
     api.assert_done().await;
     assert!(atlas_user_id(&sim).is_none());
     assert!(sim.state().org_users(ORG).iter().any(|u| u.id == bob_id), "bob stays in the organization");
+}
+
+/// Deleting one of two objects that declare the same user never removes that user: the
+/// younger one never managed it, and the older one hands it over to the younger. Either way
+/// only the finalizer goes, without an event.
+#[tokio::test]
+async fn deleting_one_of_two_claims_leaves_the_user_to_the_other() {
+    let sim = start_sim();
+    let user_id = sim.state().add_user(ORG, USERNAME, MembershipStatus::Active, &["ORG_MEMBER"]);
+    let mut older = finalized(alice("Delete"));
+    older.metadata.name = Some("alice-first".into());
+    older.metadata.uid = Some("0b5a3c1e-0000-4000-8000-0000000f1257".into());
+    older.metadata.creation_timestamp = Some(serde_json::from_value(json!("2026-01-01T10:00:00Z")).unwrap());
+    let younger = finalized(alice("Delete"));
+    for (deleted, other) in [(&younger, &older), (&older, &younger)] {
+        sim.state().reset_counters();
+        let gone = deleting(deleted.clone());
+        let (ctx, mut api) = context(&sim, store_of(&[&gone, other]));
+        let run = tokio::spawn(reconcile_org_user(Arc::new(gone.clone()), ctx.clone()));
+        answer_secret(api.next().await);
+        answer_finalizer_removal(api.next().await, &gone);
+        assert_eq!(api.finish(run).await.expect("clean-up succeeds"), Action::await_change());
+        drop(ctx);
+        api.assert_done().await;
+        assert_eq!(atlas_user_id(&sim), Some(user_id.clone()), "deleting {}", gone.metadata.name.as_deref().unwrap());
+        let log = sim.state().request_log();
+        assert!(log.iter().all(|r| r.method == "GET"), "{log:?}");
+    }
+}
+
+/// Events are best effort: a refused event (say, RBAC without events) does not stop the status
+/// apply; a refused status apply is an error retried with backoff, and the retry does not invite
+/// again.
+#[tokio::test]
+async fn a_refused_event_is_not_fatal_and_a_refused_status_apply_backs_off() {
+    let sim = start_sim();
+    let obj = finalized(alice("Delete"));
+    let (ctx, mut api) = context(&sim, store_of(&[&obj]));
+    let run = tokio::spawn(reconcile_org_user(Arc::new(obj.clone()), ctx.clone()));
+
+    answer_secret(api.next().await);
+    let call = api.next().await;
+    call.expect(Method::POST, EVENTS_PATH, &[]);
+    call.respond(403, &status_failure(403, "Forbidden", "events.events.k8s.io is forbidden"));
+    let call = api.next().await;
+    call.expect(Method::PATCH, &format!("{OBJECT_PATH}/status"), &[("fieldManager", FIELD_MANAGER), ("force", "true")]);
+    call.respond(409, &status_failure(409, "Conflict", "the object has been modified"));
+
+    let err = api.finish(run).await.expect_err("the status was not written");
+    assert_eq!(err.retry(), Retry::Backoff, "{err}");
+
+    // The retry finds the invitation in Atlas: no second one, and the status is written. (It
+    // cannot tell its own invitation from one that was there before, so it may report an
+    // adoption; what matters here is that nobody is invited twice.)
+    let run = tokio::spawn(reconcile_org_user(Arc::new(obj.clone()), ctx.clone()));
+    answer_secret(api.next().await);
+    let status: AtlasOrgUserStatus = loop {
+        let call = api.next().await;
+        if call.method == Method::PATCH {
+            break answer_status_apply(call, &obj);
+        }
+        let (_, reason, _) = answer_event(call, &obj);
+        assert_ne!(reason, "InvitationSent");
+    };
+    api.finish(run).await.expect("the retry succeeds");
+    drop(ctx);
+    api.assert_done().await;
+    assert_eq!(status.membership_status.as_deref(), Some("PENDING"));
+    assert_eq!(status.user_id, atlas_user_id(&sim));
+    assert_eq!(sim.state().counters().total("createOrgUser"), 1);
 }
