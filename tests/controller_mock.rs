@@ -524,7 +524,7 @@ async fn a_team_membership_adds_its_member_and_removes_it_on_deletion() {
     assert_eq!(status.members[0].org_user_ref.as_deref(), Some("bob"));
     assert_eq!(status.members[0].user_id.as_deref(), Some(bob_id.as_str()));
     assert_eq!(status.members[0].state, MemberState::Member);
-    assert_eq!(sim.state().team_member_ids(ORG, TEAM_ID), [bob_id.clone()]);
+    assert_eq!(sim.state().team_member_ids(ORG, TEAM_ID), std::slice::from_ref(&bob_id));
 
     let mut gone = deleting(team);
     gone.status = Some(status);
