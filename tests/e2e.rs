@@ -21,7 +21,6 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 const ORG: &str = "5f1b2c3d4e5f60718293a4b5";
