@@ -15,12 +15,12 @@ use atlas_access_operator::api::{AtlasOrgUser, AtlasTeamMembership};
 use atlas_access_operator::atlas::models::MembershipStatus;
 use atlas_access_operator::sim::{SimConfig, SimHandle, Simulator};
 use common::cluster::{self, TEST_MANAGER, TestNamespace, wait_for};
+use common::manifests::example_objects;
 use common::operator::{Operator, grant_shipped_rbac, operator_kubeconfig, unprivileged_user};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 const ORG: &str = "5f1b2c3d4e5f60718293a4b5";
@@ -40,21 +40,13 @@ fn start_sim() -> SimHandle {
 }
 
 fn examples(ns: &str) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut paths: Vec<_> = std::fs::read_dir("examples").unwrap().map(|e| e.unwrap().path()).collect();
-    paths.sort();
-    for path in paths {
-        let text = std::fs::read_to_string(&path).unwrap();
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let mut v = Value::deserialize(doc).unwrap();
-            if v.is_null() || v["kind"] == "Secret" {
-                continue;
-            }
+    example_objects()
+        .into_iter()
+        .map(|mut v| {
             v["metadata"]["namespace"] = json!(ns);
-            out.push(v);
-        }
-    }
-    out
+            v
+        })
+        .collect()
 }
 
 async fn apply_secret(client: &Client, ns: &str, private_key: &str) {
