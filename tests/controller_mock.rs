@@ -72,6 +72,15 @@ fn store_of(objects: &[&AtlasOrgUser]) -> Store<AtlasOrgUser> {
 
 /// A context as `run` builds it, over the mocked kube client and the simulator.
 fn context(sim: &SimHandle, org_users: Store<AtlasOrgUser>) -> (Arc<Context>, ApiServer) {
+    context_with_default(sim, org_users, None)
+}
+
+/// The same, with `--default-credentials-secret` NAMESPACE/NAME.
+fn context_with_default(
+    sim: &SimHandle,
+    org_users: Store<AtlasOrgUser>,
+    default_secret: Option<(&str, &str)>,
+) -> (Arc<Context>, ApiServer) {
     let (kube, api_server) = mock_client();
     let mut template = ClientConfig::new(
         sim.base_url(),
@@ -80,7 +89,7 @@ fn context(sim: &SimHandle, org_users: Store<AtlasOrgUser>) -> (Arc<Context>, Ap
     template.insecure_http = true;
     let ctx = Context::new(
         kube,
-        AtlasClients::new(template, None),
+        AtlasClients::new(template, default_secret.map(|(ns, name)| (ns.to_string(), name.to_string()))),
         OrgUserIndex::new(Duration::from_secs(60)),
         org_users,
         ControllerMetrics::register(&mut Registry::default()),
@@ -611,4 +620,35 @@ async fn a_refused_event_is_not_fatal_and_a_refused_status_apply_backs_off() {
     assert_eq!(status.membership_status.as_deref(), Some("PENDING"));
     assert_eq!(status.user_id, atlas_user_id(&sim));
     assert_eq!(sim.state().counters().total("createOrgUser"), 1);
+}
+
+/// A clean-up whose own Secret is gone and was never read by this operator process falls back
+/// to the default credentials: own Secret 404, default Secret GET, removal, event, finalizer.
+#[tokio::test]
+async fn deletion_after_the_secret_is_gone_falls_back_to_the_default_credentials() {
+    let sim = start_sim();
+    let user_id = sim.state().add_user(ORG, USERNAME, MembershipStatus::Active, &["ORG_MEMBER"]);
+    sim.state().reset_counters();
+    let obj = deleting(finalized(alice("Delete")));
+    let (ctx, mut api) = context_with_default(&sim, store_of(&[&obj]), Some(("operator", "atlas-default")));
+    let run = tokio::spawn(reconcile_org_user(Arc::new(obj.clone()), ctx.clone()));
+
+    let call = api.next().await;
+    call.expect(Method::GET, SECRET_PATH, &[]);
+    call.not_found("secrets", SECRET);
+    let call = api.next().await;
+    call.expect(Method::GET, "/api/v1/namespaces/operator/secrets/atlas-default", &[]);
+    let mut default_secret = credentials_secret();
+    default_secret.metadata.namespace = Some("operator".into());
+    default_secret.metadata.name = Some("atlas-default".into());
+    call.respond(200, &default_secret);
+    let (type_, reason, note) = answer_event(api.next().await, &obj);
+    assert_eq!((type_.as_str(), reason.as_str()), ("Normal", "UserRemoved"));
+    assert!(note.contains(&user_id), "{note}");
+    let call = api.next().await;
+    assert_eq!(atlas_user_id(&sim), None, "the user leaves before the finalizer goes");
+    answer_finalizer_removal(call, &obj);
+    assert_eq!(api.finish(run).await.expect("clean-up succeeds"), Action::await_change());
+    drop(ctx);
+    api.assert_done().await;
 }
