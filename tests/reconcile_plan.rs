@@ -83,6 +83,11 @@ fn user(id: &str, username: &str, status: MembershipStatus, org_roles: &[&str]) 
     }
 }
 
+fn invited_at(mut user: OrgUser, when: &str) -> OrgUser {
+    user.invitation_created_at = Some(when.into());
+    user
+}
+
 fn alice(status: MembershipStatus, org_roles: &[&str]) -> OrgUser {
     user(ALICE, "alice@example.com", status, org_roles)
 }
@@ -216,8 +221,10 @@ fn org_user_cases() -> Vec<OrgUserCase> {
         ),
         case("already ACTIVE with the same roles: adopt, no invite", spec(&[OrgMember]), Some(alice(Active, &["ORG_MEMBER"])))
             .expect(&[], Some(true)),
-        case("already PENDING (someone else invited): adopt, no second invite", spec(&[OrgMember]), Some(alice(Pending, &["ORG_MEMBER"])))
+        case("already PENDING (someone else invited): adopt, no second invite", spec(&[OrgMember]), Some(invited_at(alice(Pending, &["ORG_MEMBER"]), "2025-04-20T00:00:00Z")))
             .expect(&[], Some(true)),
+        case("PENDING since after this object was created, status lost: our own invitation, not adopted", spec(&[OrgMember]), Some(alice(Pending, &["ORG_MEMBER"])))
+            .expect(&[], Some(false)),
         case("our own invitation still PENDING: nothing, adoption stays false", spec(&[OrgMember]), Some(alice(Pending, &["ORG_MEMBER"])))
             .previously_adopted(false)
             .expect(&[], Some(false)),
@@ -724,7 +731,8 @@ fn a_failure_skips_the_rest_and_the_status_shows_what_was_done() {
 #[test]
 fn last_transition_time_moves_only_on_flips() {
     let s = spec(&[OrgRole::OrgMember]);
-    let u = alice(MembershipStatus::Pending, &["ORG_MEMBER"]);
+    // Invited by someone else before this object existed.
+    let u = invited_at(alice(MembershipStatus::Pending, &["ORG_MEMBER"]), "2025-04-20T00:00:00Z");
     let directory = OrgUserDirectory::new([u.clone()]);
     let first = {
         let previous = AtlasOrgUserStatus::default();

@@ -140,6 +140,14 @@ fn invite(spec: &AtlasOrgUserSpec, reissues: Option<MembershipStatus>) -> Action
     }
 }
 
+/// A PENDING invitation sent after this object was created is this object's own, seen again
+/// because the status that recorded it was lost (a failed write, a restart): not an adoption.
+fn own_invitation(input: &OrgUserInput, user: &OrgUser) -> bool {
+    let invited = user.invitation_created_at.as_deref().and_then(|t| t.parse::<Timestamp>().ok());
+    user.org_membership_status == MembershipStatus::Pending
+        && matches!((input.claim.created, invited), (Some(created), Some(invited)) if invited >= created)
+}
+
 /// Plan one AtlasOrgUser.
 pub fn plan_org_user(input: &OrgUserInput) -> OrgUserPlan {
     let spec = input.spec;
@@ -205,7 +213,7 @@ pub fn plan_org_user(input: &OrgUserInput) -> OrgUserPlan {
             OrgUserPlan { plan, adopted: Some(previous_adopted.unwrap_or(false)) }
         }
         MembershipStatus::Pending | MembershipStatus::Active => {
-            let adopted = previous_adopted.unwrap_or(true);
+            let adopted = previous_adopted.unwrap_or_else(|| !own_invitation(input, user));
             if adopted && previous_adopted.is_none() {
                 plan.notes.push(format!(
                     "{} is already {} in org {}: adopted, not invited",
