@@ -361,14 +361,14 @@ fn org_user_events(
                     Some(_) => (events::INVITATION_REISSUED, "invited again"),
                 };
                 let status = returned.map_or(MembershipStatus::Pending, |u| u.org_membership_status).as_str();
+                let mut roles = request.roles.org_roles.join(", ");
+                for assignment in &request.roles.group_role_assignments {
+                    let project = assignment.group_id.as_deref().unwrap_or("?");
+                    roles.push_str(&format!(", project {project}: {}", assignment.group_roles.join(", ")));
+                }
                 events.push(EngineEvent::normal(
                     reason,
-                    format!(
-                        "{verb} {} to org {} as {} ({status}{expires})",
-                        request.username,
-                        input.spec.org_id,
-                        request.roles.org_roles.join(", ")
-                    ),
+                    format!("{verb} {} to org {} as {roles} ({status}{expires})", request.username, input.spec.org_id),
                 ));
             }
             Action::AddOrgRole { .. } | Action::RemoveOrgRole { .. } => roles_changed = true,
