@@ -8,5 +8,8 @@ pub mod atlas;
 pub mod cli;
 pub mod controller;
 pub mod engine;
+pub mod http;
+pub mod metrics;
 pub mod reconcile;
 pub mod sim;
+pub mod telemetry;

@@ -1,8 +1,22 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: unit and integration tests against the built-in
-# Atlas simulator. Works on a fresh machine with a Rust toolchain.
+# Atlas simulator, the CRD/status/RBAC/end-to-end tests against a real kube-apiserver
+# (envtest: etcd + kube-apiserver built from Go modules, cached after the first build),
+# and the Helm chart tests. Works on a fresh machine with Rust, Go and Python 3.
+#
+# To use another cluster instead of envtest, export KUBECONFIG (and, for the least-privilege
+# tests, ENVTEST_UNPRIVILEGED_KUBECONFIG) and set USE_EXISTING_CLUSTER=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if [[ "${USE_EXISTING_CLUSTER:-0}" != 1 ]]; then
+  tests/envtest/envtest.sh install
+  export ENVTEST_STATE_DIR="${ENVTEST_STATE_DIR:-$(mktemp -d)/envtest}"
+  trap 'tests/envtest/envtest.sh down >/dev/null 2>&1 || true' EXIT
+  tests/envtest/envtest.sh up >/dev/null
+  eval "$(tests/envtest/envtest.sh env)"
+  echo "envtest: KUBECONFIG=$KUBECONFIG"
+fi
 
 cargo test --all-targets
 bash tests/helm/run.sh

@@ -35,6 +35,8 @@ pub enum Command {
     Plan(RunArgs),
     /// Make Atlas match the manifests (no cluster needed) and print the resulting statuses as YAML.
     Apply(ApplyArgs),
+    /// Serve an in-memory Atlas Admin API (the simulator) for tests, demos and benchmarks.
+    Sim(crate::sim::cli::SimArgs),
 }
 
 /// Run the command line; the exit code says whether it worked.
@@ -43,6 +45,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Crds { out_dir } => crds(out_dir),
         Command::Plan(args) => apply::plan(args).await,
         Command::Apply(args) => apply::apply(args).await,
+        Command::Sim(args) => sim(args).await,
     }
 }
 
@@ -66,4 +69,8 @@ fn crds(out_dir: Option<PathBuf>) -> ExitCode {
             ExitCode::SUCCESS
         }
     }
+}
+
+async fn sim(args: crate::sim::cli::SimArgs) -> ExitCode {
+    crate::sim::cli::run(args).await
 }

@@ -273,7 +273,6 @@ fn negotiate(op: Op, headers: &HeaderMap) -> Result<Version, ApiFailure> {
             codes::INVALID_VERSION_DATE,
             format!("Invalid accept header or version date. {} accepts {}.", op.id(), join_values(&supported)),
         )
-        .with_params(supported)
     })
 }
 
@@ -292,8 +291,7 @@ fn check_content_type(version: Version, headers: &HeaderMap) -> Result<(), ApiFa
         StatusCode::UNSUPPORTED_MEDIA_TYPE,
         codes::UNSUPPORTED_MEDIA_TYPE,
         format!("Unsupported content type {}; send {expected}.", given.first().map(String::as_str).unwrap_or("(none)")),
-    )
-    .with_params(vec![Value::String(expected)]))
+    ))
 }
 
 /// RFC 9110 HTTP-date of a `YYYY-MM-DD` day.
@@ -861,16 +859,9 @@ fn rate_limited(set: &str, spec: BucketSpec, retry_after: u64, code: &'static st
         "Rate limit exceeded for {set}. Please retry after {retry_after} seconds. Request capacity: {}. Refill rate: {} per {} seconds.",
         spec.capacity,
         spec.refill,
-        spec.per.as_secs()
+        spec.per.as_secs_f64()
     );
     ApiFailure::new(StatusCode::TOO_MANY_REQUESTS, code, detail)
-        .with_params(vec![
-            set.into(),
-            retry_after.into(),
-            spec.capacity.into(),
-            spec.refill.into(),
-            spec.per.as_secs().into(),
-        ])
         .with_header(header::RETRY_AFTER, retry_after.to_string())
 }
 

@@ -3,7 +3,6 @@
 
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::Value;
 
 use crate::atlas::models::{ApiErrorBody, BadRequestDetail, FieldViolation, codes};
 
@@ -13,19 +12,13 @@ pub(crate) struct ApiFailure {
     pub status: StatusCode,
     pub code: &'static str,
     pub detail: String,
-    pub parameters: Vec<Value>,
     pub fields: Vec<FieldViolation>,
     pub headers: Vec<(HeaderName, String)>,
 }
 
 impl ApiFailure {
     pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
-        Self { status, code, detail: detail.into(), parameters: Vec::new(), fields: Vec::new(), headers: Vec::new() }
-    }
-
-    pub fn with_params(mut self, parameters: Vec<Value>) -> Self {
-        self.parameters = parameters;
-        self
+        Self { status, code, detail: detail.into(), fields: Vec::new(), headers: Vec::new() }
     }
 
     pub fn with_header(mut self, name: HeaderName, value: impl Into<String>) -> Self {
@@ -40,8 +33,7 @@ impl ApiFailure {
             StatusCode::BAD_REQUEST,
             codes::VALIDATION_ERROR,
             format!("Invalid value for field {field}: {description}"),
-        )
-        .with_params(vec![Value::String(field.to_string())]);
+        );
         failure.fields.push(FieldViolation { field: field.to_string(), description });
         failure
     }
@@ -49,7 +41,6 @@ impl ApiFailure {
     /// 404 `RESOURCE_NOT_FOUND`.
     pub fn not_found(what: &str, id: &str) -> Self {
         Self::new(StatusCode::NOT_FOUND, codes::RESOURCE_NOT_FOUND, format!("Cannot find resource {what} {id}."))
-            .with_params(vec![Value::String(id.to_string())])
     }
 
     pub fn body(&self) -> ApiErrorBody {
@@ -58,7 +49,9 @@ impl ApiFailure {
             error_code: self.code.to_string(),
             detail: Some(self.detail.clone()),
             reason: self.status.canonical_reason().map(str::to_string),
-            parameters: self.parameters.clone(),
+            // The spec types `parameters` as an array of objects; Atlas's own examples put
+            // strings and numbers there. Leaving it out satisfies both readings.
+            parameters: Vec::new(),
             bad_request_detail: (!self.fields.is_empty()).then(|| BadRequestDetail { fields: self.fields.clone() }),
         }
     }

@@ -46,6 +46,7 @@
 
 mod api;
 mod auth;
+pub mod cli;
 mod clock;
 mod control;
 mod error;
@@ -193,8 +194,7 @@ impl Shared {
             axum::http::StatusCode::BAD_REQUEST,
             codes::INVITATIONS_RATE_LIMITED_IP,
             format!("Too many invitations from {ip}. Please try again later."),
-        )
-        .with_params(vec![ip.into()]))
+        ))
     }
 }
 

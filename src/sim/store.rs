@@ -189,8 +189,7 @@ impl Org {
                 StatusCode::BAD_REQUEST,
                 codes::CANNOT_REMOVE_LAST_ORG_OWNER,
                 format!("Cannot remove the last Organization Owner {} of organization {}.", user.username, self.id),
-            )
-            .with_params(vec![user.id.clone().into(), self.id.clone().into()]));
+            ));
         }
         Ok(())
     }
@@ -225,7 +224,6 @@ fn team_full(team_id: &str, max_members: usize) -> ApiFailure {
         codes::TEAM_USER_LIMIT_EXCEEDED,
         format!("Team {team_id} already has the maximum of {max_members} users."),
     )
-    .with_params(vec![team_id.into(), max_members.into()])
 }
 
 fn user_not_in_org(user_id: &str, org_id: &str) -> ApiFailure {
@@ -234,7 +232,6 @@ fn user_not_in_org(user_id: &str, org_id: &str) -> ApiFailure {
         codes::USER_NOT_IN_ORG,
         format!("User {user_id} is not a pending or active member of organization {org_id}."),
     )
-    .with_params(vec![user_id.into(), org_id.into()])
 }
 
 /// All simulated organizations.
@@ -295,8 +292,7 @@ impl Store {
                 StatusCode::CONFLICT,
                 DUPLICATE_TEAM_NAME,
                 format!("A team named {name} already exists in organization {org_id}."),
-            )
-            .with_params(vec![name.into(), org_id.into()]));
+            ));
         }
         let mut members = Vec::new();
         for username in usernames {
@@ -371,8 +367,7 @@ impl Store {
                 StatusCode::CONFLICT,
                 codes::USER_ALREADY_IN_ORG,
                 format!("User {} is already a pending or active member of organization {org_id}.", request.username),
-            )
-            .with_params(vec![request.username.clone().into(), org_id.into()]));
+            ));
         }
         for team_id in &request.team_ids {
             let team = org.team(team_id).ok_or_else(|| ApiFailure::not_found("team", team_id))?;
@@ -569,8 +564,7 @@ impl Store {
                 StatusCode::BAD_REQUEST,
                 codes::USER_NOT_IN_TEAM,
                 format!("User {user_id} is not a member of team {team_id}."),
-            )
-            .with_params(vec![user_id.into(), team_id.into()]));
+            ));
         }
         team.members.retain(|m| m != user_id);
         let user = org.user_mut(user_id).expect("checked above");
@@ -647,7 +641,6 @@ fn last_role(user: &UserRec) -> ApiFailure {
         codes::CANNOT_REMOVE_LAST_ORG_ROLE,
         format!("User {} must keep at least one organization role.", user.username),
     )
-    .with_params(vec![user.id.clone().into()])
 }
 
 /// Organizations and teams with ids chosen by the caller, so a demo or a benchmark can serve

@@ -62,7 +62,7 @@ build_stamp() {
 }
 
 find_go() {
-  if [[ -n "${GO:-}" ]]; then command -v "$GO" && return 0; fi
+  if [[ -n "${GO:-}" ]]; then command -v "$GO"; return; fi
   command -v go 2>/dev/null && return 0
   [[ -x /usr/local/go/bin/go ]] && { echo /usr/local/go/bin/go; return 0; }
   return 1
@@ -133,14 +133,15 @@ cmd_install() {
 
 state_file() { echo "$STATE_DIR/state.env"; }
 
-state_get() { # KEY -> value from state.env
-  local f key val
+state_get() { # KEY -> value from state.env (the last one written wins)
+  local f key val found="" out=""
   f="$(state_file)"
   [[ -f "$f" ]] || return 1
   while IFS='=' read -r key val; do
-    if [[ "$key" == "$1" ]]; then printf '%s\n' "$val"; return 0; fi
+    if [[ "$key" == "$1" ]]; then out="$val"; found=1; fi
   done <"$f"
-  return 1
+  [[ -n "$found" ]] || return 1
+  printf '%s\n' "$out"
 }
 
 # Identity of a live process: start time + executable, so a recycled pid
@@ -526,7 +527,7 @@ cmd_env() {
 }
 
 usage() {
-  sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"
 }
 
 main() {
