@@ -180,6 +180,9 @@ pub async fn run_pass(
     }
     let now = Timestamp::now();
     let permits = Semaphore::new(concurrency.max(1));
+    // Team memberships have their own permits: queued behind every org user they would
+    // start only once all invitations are done, instead of as soon as their members are.
+    let team_permits = Semaphore::new(concurrency.max(1));
     let rivals = objects.rivals();
     let refs = objects.refs_by_namespace();
     let deps = objects.dependencies();
@@ -200,7 +203,7 @@ pub async fn run_pass(
         }
     });
     let team_runs = objects.team_memberships.iter().enumerate().map(|(i, object)| {
-        let (permits, deps, done_rx) = (&permits, &deps[i], &done_rx);
+        let (permits, deps, done_rx) = (&team_permits, &deps[i], &done_rx);
         let namespace = object.metadata.namespace.clone().unwrap_or_default();
         let refs = refs.get(&namespace).unwrap_or(&no_refs);
         async move {

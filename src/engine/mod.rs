@@ -15,8 +15,9 @@ use crate::api::{AtlasOrgUser, AtlasOrgUserStatus, AtlasTeamMembership, AtlasTea
 use crate::atlas::models::{MembershipStatus, OrgUser, Team, codes};
 use crate::atlas::{AtlasClient, AtlasError, ErrorClass as AtlasErrorClass, OrgUserIndex};
 use crate::reconcile::{
-    Action, ActionError, ActionOutcome, Claim, ErrorClass, ObservedTeam, OrgUserDirectory, OrgUserInput, OrgUserPlan,
-    Plan, TeamInput, TeamPlan, org_user_status, plan_org_user, plan_team_membership, team_membership_status,
+    Action, ActionError, ActionOutcome, Claim, ErrorClass, FailureMode, ObservedTeam, OrgUserDirectory, OrgUserInput,
+    OrgUserPlan, Plan, TeamInput, TeamPlan, org_user_status, plan_org_user, plan_team_membership,
+    team_membership_status,
 };
 
 /// Whether a reconcile writes to Atlas.
@@ -204,27 +205,50 @@ fn org_of(action: &Action) -> &str {
     }
 }
 
-/// Run the plan's actions in order, one outcome per action; after a failure the plan's
-/// [`Plan::continue_after`] decides whether to go on, and the rest are `Skipped`.
-/// `seen` gets each action with its outcome, and any user Atlas reported on the way.
+/// Calls of an independent plan (team members) in flight at once.
+const INDEPENDENT_CALLS_IN_FLIGHT: usize = 8;
+
+/// Run the plan's actions, one outcome per action in plan order; after a failure the plan's
+/// [`Plan::continue_after`] decides whether to go on, and the actions not yet started are
+/// `Skipped`. A sequential plan runs one call at a time; the calls of an independent plan
+/// (one team member each) overlap, a few at a time. `seen` gets each action with its
+/// outcome as it completes, and any user Atlas reported on the way.
 async fn execute_observed(
     client: &AtlasClient,
     plan: &Plan,
     mut seen: impl FnMut(&Action, &ActionOutcome, Option<&OrgUser>),
 ) -> Vec<ActionOutcome> {
+    use futures::StreamExt;
+    let in_flight = match plan.failure_mode {
+        FailureMode::Sequential => 1,
+        FailureMode::Independent => INDEPENDENT_CALLS_IN_FLIGHT,
+    };
+    let stopped = std::cell::Cell::new(false);
     let mut outcomes = Vec::with_capacity(plan.actions.len());
-    let mut stopped = false;
-    for action in &plan.actions {
-        if stopped {
-            outcomes.push(ActionOutcome::Skipped);
-            continue;
+    let mut runs = futures::stream::iter(plan.actions.iter().map(|action| {
+        let stopped = &stopped;
+        async move {
+            if stopped.get() {
+                return (action, None);
+            }
+            let executed = run_action(client, action).await;
+            if let Some(error) = executed.outcome.error()
+                && !plan.continue_after(error)
+            {
+                stopped.set(true);
+            }
+            (action, Some(executed))
         }
-        let executed = run_action(client, action).await;
-        if let Some(error) = executed.outcome.error() {
-            stopped = !plan.continue_after(error);
+    }))
+    .buffered(in_flight);
+    while let Some((action, executed)) = runs.next().await {
+        match executed {
+            Some(executed) => {
+                seen(action, &executed.outcome, executed.existing.as_ref());
+                outcomes.push(executed.outcome);
+            }
+            None => outcomes.push(ActionOutcome::Skipped),
         }
-        seen(action, &executed.outcome, executed.existing.as_ref());
-        outcomes.push(executed.outcome);
     }
     outcomes
 }
