@@ -19,7 +19,9 @@ pub fn init(format: LogFormat) {
     let registry = tracing_subscriber::registry().with(filter);
     let result = match format {
         LogFormat::Json => registry.with(fmt::layer().json().with_current_span(false).with_target(true)).try_init(),
-        LogFormat::Plain => registry.with(fmt::layer().with_target(false)).try_init(),
+        LogFormat::Plain => registry
+            .with(fmt::layer().with_target(false).with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout())))
+            .try_init(),
     };
     // A second init (tests, or an embedding program) keeps the existing subscriber.
     let _ = result;

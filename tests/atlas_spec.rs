@@ -1,5 +1,5 @@
 //! The client's operation table against the official spec excerpt
-//! (`tests/data/atlas-api/org-access.min.yaml`, a copy of `../shared/atlas-api/`): every
+//! (`tests/spec/org-access.min.yaml`, a copy of `../shared/atlas-api/`): every
 //! operation's path, method, operationId, versioned media type (request and response),
 //! success status and query parameters are the spec's, and the media type is the newest
 //! version, without a sunset.
@@ -9,7 +9,7 @@ use serde_json::Value;
 use url::Url;
 
 fn spec() -> Value {
-    let text = std::fs::read_to_string("tests/data/atlas-api/org-access.min.yaml").unwrap();
+    let text = std::fs::read_to_string("tests/spec/org-access.min.yaml").unwrap();
     serde_yaml::from_str(&text).unwrap()
 }
 

@@ -5,10 +5,9 @@
 mod common;
 
 use common::cluster::{self, TEST_MANAGER, TestNamespace};
-use common::manifests::{bad_manifests, valid_team, valid_user, with};
+use common::manifests::{bad_manifests, example_objects, valid_team, valid_user, with};
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, ValidationDirective};
 use kube::{Api, Client};
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 fn api_for(client: &Client, ns: &str, kind: &str) -> Api<DynamicObject> {
@@ -41,28 +40,12 @@ async fn create(client: &Client, ns: &str, mut manifest: Value) -> Result<Dynami
     client.request::<DynamicObject>(request).await
 }
 
-fn examples() -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut paths: Vec<_> = std::fs::read_dir("examples").unwrap().map(|e| e.unwrap().path()).collect();
-    paths.sort();
-    for path in paths {
-        let text = std::fs::read_to_string(&path).unwrap();
-        for doc in serde_yaml::Deserializer::from_str(&text) {
-            let v = Value::deserialize(doc).unwrap();
-            if v["apiVersion"] == "atlas-access.dev/v1alpha1" {
-                out.push(v);
-            }
-        }
-    }
-    out
-}
-
 #[tokio::test]
 async fn crds_establish_and_examples_are_admitted() {
     let client = cluster::admin_client().await;
     cluster::install_crds(&client).await;
     let ns = TestNamespace::new(&client, "admission-examples").await;
-    let examples = examples();
+    let examples = example_objects();
     assert!(examples.len() >= 4);
     for example in examples {
         let name = example["metadata"]["name"].clone();

@@ -25,8 +25,10 @@ struct Campaign {
     teams_per_org: usize,
     members_per_team: usize,
     latency_ms: (u64, u64),
-    /// How long each killed run lives before SIGKILL.
+    /// How long each killed run lives before SIGKILL, in the first phase (everything to
+    /// create) and the second (role changes and deletions).
     kills: Vec<Duration>,
+    second_phase_kills: Vec<Duration>,
     /// Time limit of the final, uninterrupted run.
     final_run_limit: Duration,
 }
@@ -51,14 +53,20 @@ impl Campaign {
     }
 }
 
+/// Org roles every AtlasOrgUser asks for in each phase.
+fn roles(second_phase: bool) -> &'static [&'static str] {
+    if second_phase { &["ORG_MEMBER", "ORG_READ_ONLY"] } else { &["ORG_MEMBER"] }
+}
+
 fn write_manifests(dir: &Path, campaign: &Campaign, orgs: &[(String, Vec<String>)], with_deletions: bool) {
+    let org_roles = roles(with_deletions).join(", ");
     for (o, (org_id, teams)) in orgs.iter().enumerate() {
         let mut docs = Vec::new();
         for u in 0..campaign.users_per_org {
             let deleting = with_deletions && campaign.deleted_later(u);
             let deletion = if deleting { "\n  deletionTimestamp: \"2025-01-01T00:00:00Z\"" } else { "" };
             docs.push(format!(
-                "apiVersion: atlas-access.dev/v1alpha1\nkind: AtlasOrgUser\nmetadata:\n  name: o{o}-u{u}\n  namespace: campaign{deletion}\nspec:\n  orgId: {org_id}\n  username: {}\n  orgRoles: [ORG_MEMBER]\n  deletionPolicy: Delete\n",
+                "apiVersion: atlas-access.dev/v1alpha1\nkind: AtlasOrgUser\nmetadata:\n  name: o{o}-u{u}\n  namespace: campaign{deletion}\nspec:\n  orgId: {org_id}\n  username: {}\n  orgRoles: [{org_roles}]\n  deletionPolicy: Delete\n",
                 Campaign::username(o, u)
             ));
         }
@@ -81,8 +89,19 @@ fn write_manifests(dir: &Path, campaign: &Campaign, orgs: &[(String, Vec<String>
     }
 }
 
-fn apply_command(dir: &Path, base_url: &str) -> tokio::process::Command {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_atlas-access-operator"));
+/// A private link to (or copy of) the binary under test: a build tree shared with other
+/// checkouts may replace the original while the campaign runs. Removed with the directory.
+fn private_binary(dir: &Path) -> std::path::PathBuf {
+    let original = Path::new(env!("CARGO_BIN_EXE_atlas-access-operator"));
+    let path = dir.join("atlas-access-operator");
+    if std::fs::hard_link(original, &path).is_err() {
+        std::fs::copy(original, &path).unwrap();
+    }
+    path
+}
+
+fn apply_command(binary: &Path, dir: &Path, base_url: &str) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(binary);
     command
         .args(["apply", "-f"])
         .arg(dir)
@@ -94,11 +113,20 @@ fn apply_command(dir: &Path, base_url: &str) -> tokio::process::Command {
 }
 
 /// Start `apply` and SIGKILL it after each delay; then run it to the end and return its statuses.
-async fn apply_with_kills(dir: &Path, base_url: &str, campaign: &Campaign) -> Vec<Value> {
+async fn apply_with_kills(
+    binary: &Path,
+    dir: &Path,
+    base_url: &str,
+    kills: &[Duration],
+    limit: Duration,
+) -> (Vec<Value>, usize) {
     let mut killed = 0;
-    for delay in &campaign.kills {
-        let mut child =
-            apply_command(dir, base_url).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("apply starts");
+    for delay in kills {
+        let mut child = apply_command(binary, dir, base_url)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("apply starts");
         tokio::select! {
             // The earlier runs left too little to do: no more kills.
             _ = child.wait() => break,
@@ -107,21 +135,19 @@ async fn apply_with_kills(dir: &Path, base_url: &str, campaign: &Campaign) -> Ve
         child.kill().await.expect("SIGKILL");
         killed += 1;
     }
-    assert!(killed >= 1, "no run was killed mid-run: make the kills earlier");
     eprintln!("{killed} run(s) killed mid-run");
     let started = Instant::now();
-    let child = apply_command(dir, base_url).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let output = tokio::time::timeout(campaign.final_run_limit, child.wait_with_output())
-        .await
-        .expect("the final run finishes in time")
-        .unwrap();
+    let child = apply_command(binary, dir, base_url).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let output =
+        tokio::time::timeout(limit, child.wait_with_output()).await.expect("the final run finishes in time").unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "final apply failed ({:?}):\n{stderr}", started.elapsed());
     let stdout = String::from_utf8(output.stdout).unwrap();
-    serde_yaml::Deserializer::from_str(&stdout)
+    let docs = serde_yaml::Deserializer::from_str(&stdout)
         .map(|doc| <Value as serde::Deserialize>::deserialize(doc).unwrap())
         .filter(|v| !v.is_null())
-        .collect()
+        .collect();
+    (docs, killed)
 }
 
 fn condition<'a>(doc: &'a Value, type_: &str) -> Option<&'a Value> {
@@ -157,10 +183,12 @@ fn check_statuses(
                 let status = &doc["status"];
                 assert_eq!(status["userId"], atlas_user.id.as_str(), "{name}");
                 assert_eq!(status["membershipStatus"], atlas_user.org_membership_status.as_str(), "{name}");
-                let roles: Vec<&str> =
+                let status_roles: Vec<&str> =
                     status["orgRoles"].as_array().unwrap().iter().map(|r| r.as_str().unwrap()).collect();
-                assert_eq!(roles, atlas_user.roles.org_roles, "{name}");
-                assert_eq!(roles, vec!["ORG_MEMBER"], "{name}: converged");
+                let mut atlas_roles = atlas_user.roles.org_roles.clone();
+                atlas_roles.sort();
+                assert_eq!(status_roles, atlas_roles, "{name}");
+                assert_eq!(status_roles, roles(deleted), "{name}: converged");
                 assert_eq!(condition(doc, "Ready").unwrap()["status"], "True", "{name}: {doc}");
                 checked_users += 1;
             }
@@ -221,10 +249,13 @@ async fn run_campaign(campaign: Campaign) {
         }
     }
     let dir = tempfile::tempdir().unwrap();
+    let bin_dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let binary = private_binary(bin_dir.path());
 
     // Phase 1: create everything.
     write_manifests(dir.path(), &campaign, &orgs, false);
-    let docs = apply_with_kills(dir.path(), &sim.base_url(), &campaign).await;
+    let (docs, first_kills) =
+        apply_with_kills(&binary, dir.path(), &sim.base_url(), &campaign.kills, campaign.final_run_limit).await;
     check_statuses(&docs, &state, &campaign, &orgs, false);
     let invited = campaign.orgs * campaign.users_per_org - pre_existing;
     let counters = state.counters();
@@ -233,8 +264,11 @@ async fn run_campaign(campaign: Campaign) {
 
     // Phase 2: some objects are being deleted.
     write_manifests(dir.path(), &campaign, &orgs, true);
-    let docs = apply_with_kills(dir.path(), &sim.base_url(), &campaign).await;
+    let (docs, second_kills) =
+        apply_with_kills(&binary, dir.path(), &sim.base_url(), &campaign.second_phase_kills, campaign.final_run_limit)
+            .await;
     check_statuses(&docs, &state, &campaign, &orgs, true);
+    assert!(first_kills >= 1 && first_kills + second_kills >= 2, "killed {first_kills} + {second_kills} runs mid-run");
     let counters = state.counters();
     assert_eq!(counters.count("createOrgUser", 201), invited as u64, "no invitation sent again");
     let mut per_username: BTreeMap<String, usize> = BTreeMap::new();
@@ -263,6 +297,7 @@ async fn short_fault_campaign() {
         members_per_team: 6,
         latency_ms: (10, 60),
         kills: vec![Duration::from_millis(500), Duration::from_millis(800), Duration::from_millis(600)],
+        second_phase_kills: vec![Duration::from_millis(250), Duration::from_millis(350)],
         final_run_limit: Duration::from_secs(120),
     })
     .await;
@@ -278,6 +313,7 @@ async fn long_fault_campaign() {
         members_per_team: 8,
         latency_ms: (100, 500),
         kills: vec![Duration::from_secs(3), Duration::from_secs(5), Duration::from_secs(4), Duration::from_secs(6)],
+        second_phase_kills: vec![Duration::from_secs(2), Duration::from_secs(3)],
         final_run_limit: Duration::from_secs(900),
     })
     .await;

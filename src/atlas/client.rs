@@ -724,13 +724,16 @@ impl AtlasClient {
         }
     }
 
-    fn note_deprecation(&self, op: Operation, headers: &HeaderMap) {
+    /// Log `Deprecation` / `Sunset` the first time an operation's answer carries them;
+    /// whether this call logged.
+    fn note_deprecation(&self, op: Operation, headers: &HeaderMap) -> bool {
         let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
         let (deprecation, sunset) = (text("deprecation"), text("sunset"));
         if deprecation.is_none() && sunset.is_none() {
-            return;
+            return false;
         }
-        if self.inner.deprecations_logged.lock().expect("deprecation log lock").insert(op) {
+        let first = self.inner.deprecations_logged.lock().expect("deprecation log lock").insert(op);
+        if first {
             warn!(
                 operation = op.operation_id(),
                 media_type = op.media_type(),
@@ -739,6 +742,7 @@ impl AtlasClient {
                 "Atlas marks this endpoint version as deprecated"
             );
         }
+        first
     }
 }
 
@@ -870,6 +874,19 @@ mod tests {
         headers.insert(reqwest::header::RETRY_AFTER, HeaderValue::from_str(&date).unwrap());
         let wait = retry_after(&headers).unwrap();
         assert!(wait > Duration::from_secs(28) && wait <= Duration::from_secs(30), "{date}: {wait:?}");
+    }
+
+    #[test]
+    fn deprecation_is_logged_once_per_operation() {
+        let client = AtlasClient::new(ClientConfig::new(ATLAS_BASE_URL, key())).unwrap();
+        let mut headers = HeaderMap::new();
+        assert!(!client.note_deprecation(Operation::ListOrgUsers, &headers));
+        headers.insert("deprecation", HeaderValue::from_static("Thu, 19 Feb 2025 00:00:00 GMT"));
+        headers.insert("sunset", HeaderValue::from_static("Thu, 01 Jul 2027 00:00:00 GMT"));
+        assert!(client.note_deprecation(Operation::ListOrgUsers, &headers));
+        assert!(!client.note_deprecation(Operation::ListOrgUsers, &headers));
+        assert!(!client.clone().note_deprecation(Operation::ListOrgUsers, &headers), "clones share the record");
+        assert!(client.note_deprecation(Operation::ListOrgTeamUsers, &headers));
     }
 
     #[test]

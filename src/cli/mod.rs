@@ -37,6 +37,9 @@ pub enum Command {
     Apply(ApplyArgs),
     /// Serve an in-memory Atlas Admin API (the simulator) for tests, demos and benchmarks.
     Sim(crate::sim::cli::SimArgs),
+    /// Run the operator: reconcile AtlasOrgUser and AtlasTeamMembership objects in the cluster
+    /// that the kubeconfig (or the in-cluster service account) points at.
+    Run(crate::controller::RunArgs),
 }
 
 /// Run the command line; the exit code says whether it worked.
@@ -46,6 +49,13 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Plan(args) => apply::plan(args).await,
         Command::Apply(args) => apply::apply(args).await,
         Command::Sim(args) => sim(args).await,
+        Command::Run(args) => match crate::controller::run(args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

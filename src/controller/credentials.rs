@@ -155,6 +155,11 @@ impl AtlasClients {
             let cached = self.cache.lock().expect("client cache").get(&key).cloned();
             return match cached {
                 Some(c) if allow_stale => Ok(c.client),
+                // A clean-up whose own Secret went first (namespace deletion removes Secrets in
+                // parallel) may still finish with the operator's default credentials.
+                None if allow_stale && secret_ref.is_some() && self.default_secret.is_some() => {
+                    Box::pin(self.client_for(kube, namespace, None, false)).await
+                }
                 _ => Err(CredentialsError::Missing { namespace: ns, name }),
             };
         };

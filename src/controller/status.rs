@@ -37,3 +37,65 @@ where
     api.patch_status(name, &params, &Patch::Apply(status_patch::<K, S>(desired))).await?;
     Ok(true)
 }
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::api::conditions::{self, DesiredCondition};
+use crate::api::{AtlasOrgUserStatus, AtlasTeamMembershipStatus};
+
+/// The parts of a status the controller sets itself when the engine could not run.
+pub trait ConditionedStatus: Clone + Default {
+    fn conditions(&self) -> &[Condition];
+    fn set_conditions(&mut self, conditions: Vec<Condition>);
+    fn set_observed_generation(&mut self, generation: Option<i64>);
+}
+
+macro_rules! conditioned {
+    ($t:ty) => {
+        impl ConditionedStatus for $t {
+            fn conditions(&self) -> &[Condition] {
+                &self.conditions
+            }
+            fn set_conditions(&mut self, conditions: Vec<Condition>) {
+                self.conditions = conditions;
+            }
+            fn set_observed_generation(&mut self, generation: Option<i64>) {
+                self.observed_generation = generation;
+            }
+        }
+    };
+}
+conditioned!(AtlasOrgUserStatus);
+conditioned!(AtlasTeamMembershipStatus);
+
+/// The previous status with Ready=False for `reason` and the kstatus condition that fits:
+/// `Stalled` when retrying will not help, else `Reconciling`. Everything Atlas reported
+/// before is kept: it is still the last known truth.
+pub fn failed_status<S: ConditionedStatus>(
+    previous: Option<&S>,
+    generation: Option<i64>,
+    reason: &str,
+    message: &str,
+    stalled: bool,
+) -> S {
+    let mut status = previous.cloned().unwrap_or_default();
+    let mut desired = vec![DesiredCondition::new(conditions::READY, false, reason, message)];
+    // Keep InvitationAccepted as it was: nothing new is known about it.
+    if let Some(c) = conditions::find(status.conditions(), conditions::INVITATION_ACCEPTED) {
+        desired.push(DesiredCondition::new(
+            conditions::INVITATION_ACCEPTED,
+            c.status == "True",
+            c.reason.clone(),
+            c.message.clone(),
+        ));
+    }
+    if stalled {
+        desired.push(DesiredCondition::new(conditions::STALLED, true, reason, message));
+    } else {
+        desired.push(DesiredCondition::new(conditions::RECONCILING, true, reason, message));
+    }
+    let merged = conditions::merge(status.conditions(), &desired, generation, Time(jiff::Timestamp::now()));
+    status.set_conditions(merged);
+    status.set_observed_generation(generation);
+    status
+}

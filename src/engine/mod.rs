@@ -223,24 +223,27 @@ async fn execute_observed(
         FailureMode::Sequential => 1,
         FailureMode::Independent => INDEPENDENT_CALLS_IN_FLIGHT,
     };
-    let stopped = std::cell::Cell::new(false);
+    let stopped = std::sync::atomic::AtomicBool::new(false);
     let mut outcomes = Vec::with_capacity(plan.actions.len());
-    let mut runs = futures::stream::iter(plan.actions.iter().map(|action| {
-        let stopped = &stopped;
-        async move {
-            if stopped.get() {
-                return (action, None);
+    // Indices rather than `&Action` items: a closure over references would make the future
+    // lose `Send` (a higher-ranked lifetime the compiler cannot prove).
+    let mut runs = futures::stream::iter(0..plan.actions.len())
+        .map(|i| {
+            let (stopped, action) = (&stopped, &plan.actions[i]);
+            async move {
+                if stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                    return (action, None);
+                }
+                let executed = run_action(client, action).await;
+                if let Some(error) = executed.outcome.error()
+                    && !plan.continue_after(error)
+                {
+                    stopped.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                (action, Some(executed))
             }
-            let executed = run_action(client, action).await;
-            if let Some(error) = executed.outcome.error()
-                && !plan.continue_after(error)
-            {
-                stopped.set(true);
-            }
-            (action, Some(executed))
-        }
-    }))
-    .buffered(in_flight);
+        })
+        .buffered(in_flight);
     while let Some((action, executed)) = runs.next().await {
         match executed {
             Some(executed) => {

@@ -1,7 +1,25 @@
 //! Manifests shared by the schema tests (client-side validation) and the admission tests
 //! (the real API server): one valid object of each kind and a table of bad ones.
 
+use serde::Deserialize;
 use serde_json::{Value, json};
+
+/// The AtlasOrgUser and AtlasTeamMembership documents of `examples/`, in file order.
+pub fn example_objects() -> Vec<Value> {
+    let mut paths: Vec<_> = std::fs::read_dir("examples").unwrap().map(|e| e.unwrap().path()).collect();
+    paths.sort();
+    let mut out = Vec::new();
+    for path in paths {
+        let text = std::fs::read_to_string(&path).unwrap();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let v = Value::deserialize(doc).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            if v["apiVersion"] == "atlas-access.dev/v1alpha1" {
+                out.push(v);
+            }
+        }
+    }
+    out
+}
 
 pub fn valid_user() -> Value {
     json!({

@@ -2,8 +2,10 @@
 
 #![allow(dead_code)] // Each test binary uses its own subset.
 
+pub mod atlas;
 pub mod cluster;
 pub mod manifests;
+pub mod operator;
 pub mod sim;
 
 use std::sync::Once;

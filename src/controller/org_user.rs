@@ -1,0 +1,60 @@
+//! AtlasOrgUser in the controller: conflicts come from the controller's own store.
+
+use jiff::Timestamp;
+use kube::ResourceExt;
+
+use super::Context;
+use super::object::{Managed, Report};
+use crate::api::{AtlasOrgUser, AtlasOrgUserStatus, DeletionPolicy};
+use crate::atlas::{AtlasClient, AtlasError};
+use crate::engine::{self, Mode};
+use crate::reconcile::{Claim, username_key};
+
+fn claim(o: &AtlasOrgUser) -> Claim {
+    Claim::new(o.namespace().unwrap_or_default(), o.name_any(), o.metadata.creation_timestamp.as_ref().map(|t| t.0))
+}
+
+/// Other live objects that claim the same (orgId, username).
+fn rivals(obj: &AtlasOrgUser, ctx: &Context) -> Vec<Claim> {
+    let key = username_key(&obj.spec.username);
+    ctx.org_users
+        .state()
+        .iter()
+        .filter(|o| o.uid() != obj.uid() && o.metadata.deletion_timestamp.is_none())
+        .filter(|o| o.spec.org_id == obj.spec.org_id && username_key(&o.spec.username) == key)
+        .map(|o| claim(o))
+        .collect()
+}
+
+impl Managed for AtlasOrgUser {
+    type Status = AtlasOrgUserStatus;
+    const KIND: &'static str = "AtlasOrgUser";
+
+    fn current_status(&self) -> Option<&Self::Status> {
+        self.status.as_ref()
+    }
+
+    fn secret_ref(&self) -> Option<&str> {
+        self.spec.credentials_secret_ref.as_ref().map(|r| r.name.as_str())
+    }
+
+    fn deletion_policy(&self) -> DeletionPolicy {
+        self.spec.deletion_policy
+    }
+
+    fn left_in_atlas(&self) -> String {
+        format!("{} in organization {}", self.spec.username, self.spec.org_id)
+    }
+
+    async fn run_engine(&self, client: &AtlasClient, ctx: &Context) -> Result<Report<Self::Status>, AtlasError> {
+        let rivals = rivals(self, ctx);
+        let r = engine::reconcile_org_user(client, &ctx.index, self, &rivals, Mode::Apply, Timestamp::now()).await?;
+        Ok(Report {
+            status: r.status,
+            outcomes: r.outcomes,
+            events: r.events,
+            finalizer_may_be_removed: r.finalizer_may_be_removed,
+            requeue_after: r.requeue_after,
+        })
+    }
+}

@@ -1,0 +1,44 @@
+//! AtlasTeamMembership in the controller: `orgUserRef`s resolve through the AtlasOrgUser store.
+
+use jiff::Timestamp;
+use kube::ResourceExt;
+
+use super::object::{Managed, Report};
+use super::{Context, org_user_refs};
+use crate::api::{AtlasTeamMembership, AtlasTeamMembershipStatus, DeletionPolicy};
+use crate::atlas::{AtlasClient, AtlasError};
+use crate::engine::{self, Mode};
+
+impl Managed for AtlasTeamMembership {
+    type Status = AtlasTeamMembershipStatus;
+    const KIND: &'static str = "AtlasTeamMembership";
+
+    fn current_status(&self) -> Option<&Self::Status> {
+        self.status.as_ref()
+    }
+
+    fn secret_ref(&self) -> Option<&str> {
+        self.spec.credentials_secret_ref.as_ref().map(|r| r.name.as_str())
+    }
+
+    fn deletion_policy(&self) -> DeletionPolicy {
+        self.spec.deletion_policy
+    }
+
+    fn left_in_atlas(&self) -> String {
+        "the team's members".to_string()
+    }
+
+    async fn run_engine(&self, client: &AtlasClient, ctx: &Context) -> Result<Report<Self::Status>, AtlasError> {
+        let refs = org_user_refs(&ctx.org_users, &self.namespace().unwrap_or_default());
+        let r =
+            engine::reconcile_team_membership(client, &ctx.index, self, &refs, Mode::Apply, Timestamp::now()).await?;
+        Ok(Report {
+            status: r.status,
+            outcomes: r.outcomes,
+            events: r.events,
+            finalizer_may_be_removed: r.finalizer_may_be_removed,
+            requeue_after: r.requeue_after,
+        })
+    }
+}
