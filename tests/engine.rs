@@ -295,3 +295,21 @@ async fn a_pass_converges_a_set_with_dependencies() {
     assert!(results.iter().all(|(_, o)| o.is_settled()));
     assert_eq!(state.counters().total_requests(), 2, "{:?}", state.counters());
 }
+
+fn assert_send<T: Send>(_: &T) {}
+
+/// The controller runs these on a multi-threaded runtime: their futures must be `Send`.
+#[test]
+fn engine_futures_are_send() {
+    let credentials = Credentials::ApiKey { public_key: "p".into(), private_key: SecretString::from("s") };
+    let client = AtlasClient::new(ClientConfig::new("https://cloud.mongodb.com", credentials)).unwrap();
+    let index = OrgUserIndex::new(Duration::from_secs(60));
+    let org = "5f1b2c3d4e5f60718293a4b5";
+    let user = org_user("alice", org, "alice@example.com", &[OrgRole::OrgMember]);
+    let team = team_membership("t", org, TeamRef { id: None, name: Some("t".into()) }, vec![]);
+    let refs = BTreeMap::new();
+    let now = Timestamp::now();
+    assert_send(&reconcile_org_user(&client, &index, &user, &[], Mode::Apply, now));
+    assert_send(&reconcile_team_membership(&client, &index, &team, &refs, Mode::Apply, now));
+    assert_send(&index.directory(&client, org));
+}

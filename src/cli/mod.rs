@@ -7,6 +7,12 @@ use clap::{Parser, Subcommand};
 
 use crate::api;
 
+mod apply;
+mod manifests;
+mod simulate;
+
+pub use apply::{ApplyArgs, RunArgs};
+
 /// MongoDB Atlas organization membership, declared as Kubernetes objects.
 #[derive(Parser, Debug)]
 #[command(name = "atlas-access-operator", version, about)]
@@ -24,6 +30,11 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         out_dir: Option<PathBuf>,
     },
+    /// Show what would be done in Atlas for each AtlasOrgUser / AtlasTeamMembership in the
+    /// manifests, changing nothing.
+    Plan(RunArgs),
+    /// Make Atlas match the manifests (no cluster needed) and print the resulting statuses as YAML.
+    Apply(ApplyArgs),
     /// Serve an in-memory Atlas Admin API (the simulator) for tests, demos and benchmarks.
     Sim(crate::sim::cli::SimArgs),
     /// Run the operator: reconcile AtlasOrgUser and AtlasTeamMembership objects in the cluster
@@ -35,6 +46,8 @@ pub enum Command {
 pub async fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Crds { out_dir } => crds(out_dir),
+        Command::Plan(args) => apply::plan(args).await,
+        Command::Apply(args) => apply::apply(args).await,
         Command::Sim(args) => sim(args).await,
         Command::Run(args) => match crate::controller::run(args).await {
             Ok(()) => ExitCode::SUCCESS,

@@ -2,7 +2,8 @@
 //! the benchmark and the fault campaign run. Within a pass every object is reconciled once,
 //! concurrently up to a bound; a team membership starts once the AtlasOrgUser objects of
 //! its members (same organization, from the same set) are done, so a new user is invited
-//! before being added to a team while other invitations go on. Each pass starts from a fresh
+//! before being added to a team while other invitations go on (a team not Ready yet is
+//! reconciled in steps as its members finish). Each pass starts from a fresh
 //! listing of every organization; statuses carry over from pass to pass as they would in
 //! the cluster.
 
@@ -164,6 +165,9 @@ impl ObjectSet {
     }
 }
 
+/// A team membership waiting for many members is reconciled each time this many more are done.
+const TEAM_STEP: usize = 10;
+
 /// Reconcile every object once. `on_done` sees each object's outcome as it finishes (for
 /// progress); the outcomes are also returned, in object order (org users, then team
 /// memberships). In [`Mode::Apply`] each object's status is replaced by the new one.
@@ -180,6 +184,9 @@ pub async fn run_pass(
     }
     let now = Timestamp::now();
     let permits = Semaphore::new(concurrency.max(1));
+    // Team memberships have their own permits: queued behind every org user they would
+    // start only once all invitations are done, instead of as soon as their members are.
+    let team_permits = Semaphore::new(concurrency.max(1));
     let rivals = objects.rivals();
     let refs = objects.refs_by_namespace();
     let deps = objects.dependencies();
@@ -200,17 +207,48 @@ pub async fn run_pass(
         }
     });
     let team_runs = objects.team_memberships.iter().enumerate().map(|(i, object)| {
-        let (permits, deps, done_rx) = (&permits, &deps[i], &done_rx);
+        let (permits, deps, done_rx) = (&team_permits, &deps[i], &done_rx);
         let namespace = object.metadata.namespace.clone().unwrap_or_default();
         let refs = refs.get(&namespace).unwrap_or(&no_refs);
         async move {
-            for &d in deps {
-                let mut rx = done_rx[d].clone();
-                let _ = rx.wait_for(|done| *done).await;
+            // Members are reconciled in steps as their AtlasOrgUser objects finish, so a big
+            // team is not left with all of its additions until its last member is invited.
+            let is_done = |d: &usize| *done_rx[*d].borrow();
+            let was_ready = object
+                .status
+                .as_ref()
+                .is_some_and(|s| crate::api::conditions::is_true(&s.conditions, crate::api::conditions::READY));
+            let mut current = None::<AtlasTeamMembership>;
+            let mut earlier_events = Vec::new();
+            let steps: Vec<&[usize]> = deps.chunks(TEAM_STEP).collect();
+            for (n, step) in steps.iter().enumerate() {
+                for &d in *step {
+                    let mut rx = done_rx[d].clone();
+                    let _ = rx.wait_for(|done| *done).await;
+                }
+                let rest_done = steps[n + 1..].iter().all(|s| s.iter().all(is_done));
+                // A team that matched last pass most likely has nothing to add: one reconcile.
+                if rest_done || was_ready {
+                    break;
+                }
+                let _permit = permits.acquire().await.expect("never closed");
+                let this = current.as_ref().unwrap_or(object);
+                if let Ok(report) = reconcile_team_membership(client, index, this, refs, mode, now).await {
+                    earlier_events.extend(report.events);
+                    if mode == Mode::Apply {
+                        current = Some(AtlasTeamMembership { status: Some(report.status), ..this.clone() });
+                    }
+                }
             }
             let outcome = {
                 let _permit = permits.acquire().await.expect("never closed");
-                Outcome::TeamMembership(reconcile_team_membership(client, index, object, refs, mode, now).await)
+                let this = current.as_ref().unwrap_or(object);
+                let mut result = reconcile_team_membership(client, index, this, refs, mode, now).await;
+                if let Ok(report) = result.as_mut() {
+                    earlier_events.append(&mut report.events);
+                    report.events = earlier_events;
+                }
+                Outcome::TeamMembership(result)
             };
             on_done(ObjectId::TeamMembership(i), &outcome);
             (ObjectId::TeamMembership(i), outcome)

@@ -15,8 +15,9 @@ use crate::api::{AtlasOrgUser, AtlasOrgUserStatus, AtlasTeamMembership, AtlasTea
 use crate::atlas::models::{MembershipStatus, OrgUser, Team, codes};
 use crate::atlas::{AtlasClient, AtlasError, ErrorClass as AtlasErrorClass, OrgUserIndex};
 use crate::reconcile::{
-    Action, ActionError, ActionOutcome, Claim, ErrorClass, ObservedTeam, OrgUserDirectory, OrgUserInput, OrgUserPlan,
-    Plan, TeamInput, TeamPlan, org_user_status, plan_org_user, plan_team_membership, team_membership_status,
+    Action, ActionError, ActionOutcome, Claim, ErrorClass, FailureMode, ObservedTeam, OrgUserDirectory, OrgUserInput,
+    OrgUserPlan, Plan, TeamInput, TeamPlan, org_user_status, plan_org_user, plan_team_membership,
+    team_membership_status,
 };
 
 /// Whether a reconcile writes to Atlas.
@@ -204,27 +205,53 @@ fn org_of(action: &Action) -> &str {
     }
 }
 
-/// Run the plan's actions in order, one outcome per action; after a failure the plan's
-/// [`Plan::continue_after`] decides whether to go on, and the rest are `Skipped`.
-/// `seen` gets each action with its outcome, and any user Atlas reported on the way.
+/// Calls of an independent plan (team members) in flight at once.
+const INDEPENDENT_CALLS_IN_FLIGHT: usize = 8;
+
+/// Run the plan's actions, one outcome per action in plan order; after a failure the plan's
+/// [`Plan::continue_after`] decides whether to go on, and the actions not yet started are
+/// `Skipped`. A sequential plan runs one call at a time; the calls of an independent plan
+/// (one team member each) overlap, a few at a time. `seen` gets each action with its
+/// outcome as it completes, and any user Atlas reported on the way.
 async fn execute_observed(
     client: &AtlasClient,
     plan: &Plan,
     mut seen: impl FnMut(&Action, &ActionOutcome, Option<&OrgUser>),
 ) -> Vec<ActionOutcome> {
+    use futures::StreamExt;
+    let in_flight = match plan.failure_mode {
+        FailureMode::Sequential => 1,
+        FailureMode::Independent => INDEPENDENT_CALLS_IN_FLIGHT,
+    };
+    let stopped = std::sync::atomic::AtomicBool::new(false);
     let mut outcomes = Vec::with_capacity(plan.actions.len());
-    let mut stopped = false;
-    for action in &plan.actions {
-        if stopped {
-            outcomes.push(ActionOutcome::Skipped);
-            continue;
+    // Indices rather than `&Action` items: a closure over references would make the future
+    // lose `Send` (a higher-ranked lifetime the compiler cannot prove).
+    let mut runs = futures::stream::iter(0..plan.actions.len())
+        .map(|i| {
+            let (stopped, action) = (&stopped, &plan.actions[i]);
+            async move {
+                if stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                    return (action, None);
+                }
+                let executed = run_action(client, action).await;
+                if let Some(error) = executed.outcome.error()
+                    && !plan.continue_after(error)
+                {
+                    stopped.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                (action, Some(executed))
+            }
+        })
+        .buffered(in_flight);
+    while let Some((action, executed)) = runs.next().await {
+        match executed {
+            Some(executed) => {
+                seen(action, &executed.outcome, executed.existing.as_ref());
+                outcomes.push(executed.outcome);
+            }
+            None => outcomes.push(ActionOutcome::Skipped),
         }
-        let executed = run_action(client, action).await;
-        if let Some(error) = executed.outcome.error() {
-            stopped = !plan.continue_after(error);
-        }
-        seen(action, &executed.outcome, executed.existing.as_ref());
-        outcomes.push(executed.outcome);
     }
     outcomes
 }
@@ -361,14 +388,14 @@ fn org_user_events(
                     Some(_) => (events::INVITATION_REISSUED, "invited again"),
                 };
                 let status = returned.map_or(MembershipStatus::Pending, |u| u.org_membership_status).as_str();
+                let mut roles = request.roles.org_roles.join(", ");
+                for assignment in &request.roles.group_role_assignments {
+                    let project = assignment.group_id.as_deref().unwrap_or("?");
+                    roles.push_str(&format!(", project {project}: {}", assignment.group_roles.join(", ")));
+                }
                 events.push(EngineEvent::normal(
                     reason,
-                    format!(
-                        "{verb} {} to org {} as {} ({status}{expires})",
-                        request.username,
-                        input.spec.org_id,
-                        request.roles.org_roles.join(", ")
-                    ),
+                    format!("{verb} {} to org {} as {roles} ({status}{expires})", request.username, input.spec.org_id),
                 ));
             }
             Action::AddOrgRole { .. } | Action::RemoveOrgRole { .. } => roles_changed = true,

@@ -978,6 +978,20 @@ async fn inject_faults(shared: &Shared, operation_id: &str, trace: &mut Trace) -
                 ApiFailure::new(StatusCode::INTERNAL_SERVER_ERROR, codes::UNEXPECTED_ERROR, "Unexpected error."),
             ))
         }
+        Fault::RateLimited { retry_after_secs } => {
+            observe.counters.faults_injected += 1;
+            observe.counters.rate_limited += 1;
+            drop(observe);
+            Some(failure(
+                trace,
+                ApiFailure::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    codes::RATE_LIMITED_TOKEN_BUCKET,
+                    "Rate limit exceeded (injected fault).",
+                )
+                .with_header(header::RETRY_AFTER, retry_after_secs.to_string()),
+            ))
+        }
         Fault::Unavailable { retry_after_secs } => {
             observe.counters.faults_injected += 1;
             drop(observe);

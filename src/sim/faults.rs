@@ -23,8 +23,13 @@ pub struct FaultSpec {
     pub latency_ms: u64,
     /// `Retry-After` of the 503s, in seconds.
     pub retry_after_secs: u64,
-    /// Stop injecting after this many faults (500, 503 or drop); `None`: no end.
+    /// Stop injecting after this many faults (500, 503, 429 or drop); `None`: no end.
     pub max_faults: Option<u64>,
+    /// Share answered 429 `RATE_LIMITED_TOKEN_BUCKET` with `Retry-After: retry_after_secs`.
+    pub rate_limited_rate: f64,
+    /// When above `latency_ms`: each request's extra latency is drawn uniformly from
+    /// `latency_ms ..= latency_max_ms`.
+    pub latency_max_ms: u64,
 }
 
 impl FaultSpec {
@@ -75,6 +80,7 @@ pub(crate) enum Fault {
     Error,
     Unavailable { retry_after_secs: u64 },
     Drop,
+    RateLimited { retry_after_secs: u64 },
 }
 
 #[derive(Debug)]
@@ -105,8 +111,12 @@ impl FaultInjector {
             Some(spec) => (operation_id, spec),
             None => ("*", &self.config.global),
         };
-        let latency = Duration::from_millis(spec.latency_ms);
-        let total = spec.error_rate + spec.unavailable_rate + spec.drop_rate;
+        let latency = if spec.latency_max_ms > spec.latency_ms {
+            Duration::from_millis(self.rng.random_range(spec.latency_ms..=spec.latency_max_ms))
+        } else {
+            Duration::from_millis(spec.latency_ms)
+        };
+        let total = spec.error_rate + spec.unavailable_rate + spec.drop_rate + spec.rate_limited_rate;
         if total <= 0.0 {
             return (latency, None);
         }
@@ -119,8 +129,10 @@ impl FaultInjector {
             Some(Fault::Error)
         } else if draw < spec.error_rate + spec.unavailable_rate {
             Some(Fault::Unavailable { retry_after_secs: spec.retry_after_secs })
-        } else if draw < total {
+        } else if draw < spec.error_rate + spec.unavailable_rate + spec.drop_rate {
             Some(Fault::Drop)
+        } else if draw < total {
+            Some(Fault::RateLimited { retry_after_secs: spec.retry_after_secs })
         } else {
             None
         };

@@ -1,0 +1,213 @@
+//! `cargo bench --bench convergence`: the engine against the in-process simulator with
+//! latency and per-organization rate limits.
+//!
+//! Workload: 10 organizations, each with 200 AtlasOrgUser (ORG_MEMBER) and 5 teams of 40
+//! listed members (AtlasTeamMembership, half by username, half by orgUserRef): 2,000
+//! AtlasOrgUser and 50 AtlasTeamMembership. The simulator answers after `LATENCY` and meters
+//! every endpoint set of every organization with a token bucket of `CAPACITY` requests
+//! refilled at `REFILL_PER_SEC`.
+//!
+//! Reported:
+//! 1. steady-state Atlas calls per drift cycle (every object reconciled once, nothing to
+//!    change) over the lower bound: per organization ceil(users / 500) listing pages, plus one
+//!    member page per team (each under 500 members);
+//! 2. cold convergence time (empty organizations to every object Ready) over the minimum the
+//!    rate limits allow: for each (organization, endpoint set), the requests that cannot be
+//!    avoided beyond the bucket's burst, divided by its refill rate, the largest of those;
+//!    and the share of answers that were 429;
+//! 3. peak RSS of the process (VmHWM).
+
+use std::time::{Duration, Instant};
+
+use atlas_access_operator::api::{
+    AtlasOrgUser, AtlasOrgUserSpec, AtlasTeamMembership, AtlasTeamMembershipSpec, MembershipMode, OrgRole, OrgUserRef,
+    TeamMember, TeamRef,
+};
+use atlas_access_operator::atlas::{AtlasClient, ClientConfig, Credentials, OrgRateLimiter, OrgUserIndex};
+use atlas_access_operator::engine::Mode;
+use atlas_access_operator::engine::driver::{ObjectSet, run_pass};
+use atlas_access_operator::sim::{BucketSpec, RateLimitConfig, SimConfig, Simulator};
+use kube::api::ObjectMeta;
+use secrecy::SecretString;
+
+const ORGS: usize = 10;
+const USERS_PER_ORG: usize = 200;
+const TEAMS_PER_ORG: usize = 5;
+const MEMBERS_PER_TEAM: usize = 40;
+const LATENCY: Duration = Duration::from_millis(20);
+const CAPACITY: u32 = 40;
+const REFILL_PER_SEC: u32 = 40;
+const DRIFT_CYCLES: usize = 3;
+const CONCURRENCY: usize = 128;
+
+fn meta(name: String) -> ObjectMeta {
+    ObjectMeta { name: Some(name), namespace: Some("bench".into()), ..Default::default() }
+}
+
+/// Org users interleaved across organizations (so every organization's bucket works at
+/// once), each organization's users in team order (so a team's members are invited together).
+fn workload(orgs: &[(String, Vec<String>)]) -> ObjectSet {
+    let mut objects = ObjectSet::default();
+    for u in 0..USERS_PER_ORG {
+        for (o, (org_id, _)) in orgs.iter().enumerate() {
+            objects.org_users.push(AtlasOrgUser {
+                metadata: meta(format!("o{o}-u{u}")),
+                spec: AtlasOrgUserSpec {
+                    org_id: org_id.clone(),
+                    username: format!("user{u}.org{o}@example.com"),
+                    org_roles: vec![OrgRole::OrgMember],
+                    project_roles: vec![],
+                    team_ids: vec![],
+                    credentials_secret_ref: None,
+                    deletion_policy: Default::default(),
+                    reinvite: Default::default(),
+                },
+                status: None,
+            });
+        }
+    }
+    for t in 0..TEAMS_PER_ORG {
+        for (o, (org_id, teams)) in orgs.iter().enumerate() {
+            let members = (t * MEMBERS_PER_TEAM..(t + 1) * MEMBERS_PER_TEAM)
+                .map(|u| {
+                    if u % 2 == 0 {
+                        TeamMember { username: Some(format!("user{u}.org{o}@example.com")), org_user_ref: None }
+                    } else {
+                        TeamMember { username: None, org_user_ref: Some(OrgUserRef { name: format!("o{o}-u{u}") }) }
+                    }
+                })
+                .collect();
+            let team = if t % 2 == 0 {
+                TeamRef { id: Some(teams[t].clone()), name: None }
+            } else {
+                TeamRef { id: None, name: Some(format!("team-{t}")) }
+            };
+            objects.team_memberships.push(AtlasTeamMembership {
+                metadata: meta(format!("o{o}-team{t}")),
+                spec: AtlasTeamMembershipSpec {
+                    org_id: org_id.clone(),
+                    team,
+                    members,
+                    mode: MembershipMode::Additive,
+                    credentials_secret_ref: None,
+                    deletion_policy: Default::default(),
+                },
+                status: None,
+            });
+        }
+    }
+    objects
+}
+
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The least time the buckets allow for `requests` under one (organization, endpoint set).
+fn bucket_floor(requests: usize) -> f64 {
+    requests.saturating_sub(CAPACITY as usize) as f64 / f64::from(REFILL_PER_SEC)
+}
+
+async fn run() {
+    let bucket = BucketSpec { capacity: CAPACITY, refill: REFILL_PER_SEC, per: Duration::from_secs(1) };
+    let config = SimConfig {
+        rate_limits: RateLimitConfig::uniform(bucket),
+        invitations_per_minute: None,
+        latency: LATENCY,
+        request_log_capacity: 100,
+        ..SimConfig::default()
+    }
+    .with_api_key("bench-public", "bench-private");
+    let sim = Simulator::start(config).expect("simulator starts");
+    let state = sim.state();
+    let orgs: Vec<(String, Vec<String>)> = (0..ORGS)
+        .map(|o| {
+            let org = state.add_org(&format!("bench-org-{o}"));
+            let teams = (0..TEAMS_PER_ORG).map(|t| state.add_team(&org, &format!("team-{t}"))).collect();
+            (org, teams)
+        })
+        .collect();
+    let mut objects = workload(&orgs);
+
+    let credentials =
+        Credentials::ApiKey { public_key: "bench-public".into(), private_key: SecretString::from("bench-private") };
+    let mut client_config = ClientConfig::new(sim.base_url(), credentials);
+    client_config.insecure_http = true;
+    client_config.max_concurrency = 64;
+    // The simulator's buckets refill per second (Atlas's per minute): pace on the same window.
+    client_config.limiter = OrgRateLimiter::new(Duration::from_secs(1));
+    let client = AtlasClient::new(client_config).expect("client");
+    let index = OrgUserIndex::new(Duration::from_secs(3600));
+
+    // Cold: from empty organizations until every object is settled.
+    let started = Instant::now();
+    let mut passes = 0;
+    loop {
+        passes += 1;
+        let results = run_pass(&client, &index, &mut objects, Mode::Apply, CONCURRENCY, &|_, _| {}).await;
+        let unsettled = results.iter().filter(|(_, o)| !o.is_settled()).count();
+        if unsettled == 0 || passes == 5 {
+            assert_eq!(unsettled, 0, "not converged after {passes} passes");
+            break;
+        }
+    }
+    let cold = started.elapsed().as_secs_f64();
+    let counters = state.counters();
+    let cold_requests = counters.total_requests();
+    let cold_429 = counters.rate_limited;
+    // The calls no engine can avoid, per organization: one listing, the invitations, a lookup
+    // and a member listing per team, one :addUser per member.
+    let per_set = [
+        ("org-users-read", 1),
+        ("org-users-write", USERS_PER_ORG),
+        ("teams-read", 2 * TEAMS_PER_ORG),
+        ("teams-write", TEAMS_PER_ORG * MEMBERS_PER_TEAM),
+    ];
+    let floor = per_set.iter().map(|(_, n)| bucket_floor(*n)).fold(0.0, f64::max);
+
+    // Steady state: drift cycles with nothing to change.
+    let mut per_cycle = Vec::new();
+    for _ in 0..DRIFT_CYCLES {
+        state.reset_counters();
+        let results = run_pass(&client, &index, &mut objects, Mode::Apply, CONCURRENCY, &|_, _| {}).await;
+        assert!(results.iter().all(|(_, o)| o.is_settled()), "drift cycle found changes");
+        per_cycle.push(state.counters().total_requests());
+    }
+    let worst_cycle = *per_cycle.iter().max().expect("cycles ran");
+    let pages = |n: usize| n.div_ceil(500).max(1);
+    let lower_bound = ORGS * pages(USERS_PER_ORG) + ORGS * TEAMS_PER_ORG * pages(MEMBERS_PER_TEAM);
+    let rss = peak_rss_kib().map_or("n/a".to_string(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
+
+    println!();
+    println!(
+        "Workload: {} AtlasOrgUser over {ORGS} orgs, {} AtlasTeamMembership of {MEMBERS_PER_TEAM}; \
+         simulator latency {} ms, buckets of {CAPACITY} refilled {REFILL_PER_SEC}/s per org and endpoint set",
+        ORGS * USERS_PER_ORG,
+        ORGS * TEAMS_PER_ORG,
+        LATENCY.as_millis()
+    );
+    println!("| metric | measured | bound | ratio | target |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| steady-state calls per drift cycle (worst of {DRIFT_CYCLES}: {per_cycle:?}) | {worst_cycle} | {lower_bound} | {:.3} | <= 1.05 |",
+        worst_cycle as f64 / lower_bound as f64
+    );
+    println!("| cold convergence ({passes} pass(es)) | {cold:.2} s | {floor:.2} s | {:.3} | <= 1.10 |", cold / floor);
+    println!(
+        "| 429 answers during cold convergence | {cold_429} of {cold_requests} | | {:.2}% | <= 1% |",
+        100.0 * cold_429 as f64 / cold_requests as f64
+    );
+    println!("| peak RSS (VmHWM) | {rss} | | | |");
+    sim.shutdown();
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing to run.
+    if std::env::args().any(|a| a == "--list") {
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    runtime.block_on(run());
+}
