@@ -49,6 +49,22 @@ pub(crate) struct UserRec {
 }
 
 impl UserRec {
+    /// A user with a fresh PENDING invitation sent `now`.
+    fn invited(id: String, username: String, roles: OrgUserRoles, inviter: String, now: Timestamp) -> Self {
+        Self {
+            id,
+            username,
+            status: MembershipStatus::Pending,
+            roles,
+            team_ids: Vec::new(),
+            invitation_created_at: Some(now),
+            invitation_expires_at: now.checked_add(invitation_lifetime()).ok(),
+            inviter_username: Some(inviter),
+            created_at: None,
+            last_auth: None,
+        }
+    }
+
     /// The status Atlas reports now: a PENDING invitation past its expiry is INVITATION_EXPIRED.
     pub fn status(&self, now: Timestamp) -> MembershipStatus {
         match (self.status, self.invitation_expires_at) {
@@ -332,18 +348,8 @@ impl Store {
             org.delete_user(&existing);
         }
         let roles = OrgUserRoles { org_roles: org_roles.iter().map(|r| r.to_string()).collect(), ..Default::default() };
-        let mut user = UserRec {
-            id: id.clone(),
-            username: username.to_string(),
-            status,
-            roles,
-            team_ids: Vec::new(),
-            invitation_created_at: Some(now),
-            invitation_expires_at: now.checked_add(invitation_lifetime()).ok(),
-            inviter_username: Some(inviter),
-            created_at: None,
-            last_auth: None,
-        };
+        let mut user = UserRec::invited(id.clone(), username.to_string(), roles, inviter, now);
+        user.status = status;
         match status {
             MembershipStatus::Active => user.activate(now),
             MembershipStatus::Pending => {}
@@ -381,18 +387,7 @@ impl Store {
         if let Some(replaced) = org.user_by_username(&request.username).map(|u| u.id.clone()) {
             org.delete_user(&replaced);
         }
-        org.insert_user(UserRec {
-            id: id.clone(),
-            username: request.username.clone(),
-            status: MembershipStatus::Pending,
-            roles: request.roles.clone(),
-            team_ids: Vec::new(),
-            invitation_created_at: Some(now),
-            invitation_expires_at: now.checked_add(invitation_lifetime()).ok(),
-            inviter_username: Some(inviter),
-            created_at: None,
-            last_auth: None,
-        });
+        org.insert_user(UserRec::invited(id.clone(), request.username.clone(), request.roles.clone(), inviter, now));
         org.set_user_teams(&id, &request.team_ids, max)?;
         Ok(org.user(&id).map(|u| u.view(now)).expect("user just inserted"))
     }
