@@ -4,7 +4,6 @@
 use std::fmt::Debug;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
@@ -14,21 +13,11 @@ use serde::de::DeserializeOwned;
 
 use super::status::{ConditionedStatus, apply_status, failed_status};
 use super::{Context, Error, failure_message, incomplete, instrumented};
-use crate::api::conditions::{READY, find};
+use crate::api::conditions::{HasConditions, READY, find};
 use crate::api::{DeletionPolicy, FINALIZER};
 use crate::atlas::{AtlasClient, AtlasError};
-use crate::engine::{self, EngineEvent};
+use crate::engine::{self, Report};
 use crate::metrics::KindLabels;
-use crate::reconcile::ActionOutcome;
-
-/// What the engine reported, whatever the kind.
-pub(super) struct Report<S> {
-    pub status: S,
-    pub outcomes: Vec<ActionOutcome>,
-    pub events: Vec<EngineEvent>,
-    pub finalizer_may_be_removed: bool,
-    pub requeue_after: Option<Duration>,
-}
 
 /// A kind the controller reconciles.
 pub(super) trait Managed:
@@ -42,6 +31,8 @@ pub(super) trait Managed:
     + 'static
 {
     type Status: ConditionedStatus + Serialize + PartialEq + Debug + Send + Sync;
+    /// The engine's plan for this kind (carried in the report, not read here).
+    type Plan: Send;
     const KIND: &'static str;
     fn current_status(&self) -> Option<&Self::Status>;
     fn secret_ref(&self) -> Option<&str>;
@@ -53,7 +44,7 @@ pub(super) trait Managed:
         &self,
         client: &AtlasClient,
         ctx: &Context,
-    ) -> impl Future<Output = Result<Report<Self::Status>, AtlasError>> + Send;
+    ) -> impl Future<Output = Result<Report<Self::Plan, Self::Status>, AtlasError>> + Send;
 }
 
 pub(super) async fn reconcile<K: Managed>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {

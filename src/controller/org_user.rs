@@ -4,10 +4,11 @@ use jiff::Timestamp;
 use kube::ResourceExt;
 
 use super::Context;
-use super::object::{Managed, Report};
+use super::object::Managed;
 use crate::api::{AtlasOrgUser, AtlasOrgUserStatus, DeletionPolicy};
 use crate::atlas::{AtlasClient, AtlasError};
-use crate::engine::{self, Mode};
+use crate::engine::{self, Mode, Report};
+use crate::reconcile::OrgUserPlan;
 use crate::reconcile::{Claim, username_key};
 
 fn claim(o: &AtlasOrgUser) -> Claim {
@@ -27,6 +28,7 @@ fn rivals(obj: &AtlasOrgUser, ctx: &Context) -> Vec<Claim> {
 }
 
 impl Managed for AtlasOrgUser {
+    type Plan = OrgUserPlan;
     type Status = AtlasOrgUserStatus;
     const KIND: &'static str = "AtlasOrgUser";
 
@@ -46,15 +48,12 @@ impl Managed for AtlasOrgUser {
         format!("{} in organization {}", self.spec.username, self.spec.org_id)
     }
 
-    async fn run_engine(&self, client: &AtlasClient, ctx: &Context) -> Result<Report<Self::Status>, AtlasError> {
+    async fn run_engine(
+        &self,
+        client: &AtlasClient,
+        ctx: &Context,
+    ) -> Result<Report<Self::Plan, Self::Status>, AtlasError> {
         let rivals = rivals(self, ctx);
-        let r = engine::reconcile_org_user(client, &ctx.index, self, &rivals, Mode::Apply, Timestamp::now()).await?;
-        Ok(Report {
-            status: r.status,
-            outcomes: r.outcomes,
-            events: r.events,
-            finalizer_may_be_removed: r.finalizer_may_be_removed,
-            requeue_after: r.requeue_after,
-        })
+        engine::reconcile_org_user(client, &ctx.index, self, &rivals, Mode::Apply, Timestamp::now()).await
     }
 }

@@ -40,12 +40,11 @@ where
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::api::conditions::{self, DesiredCondition};
+use crate::api::conditions::{self, DesiredCondition, HasConditions};
 use crate::api::{AtlasOrgUserStatus, AtlasTeamMembershipStatus};
 
 /// The parts of a status the controller sets itself when the engine could not run.
-pub trait ConditionedStatus: Clone + Default {
-    fn conditions(&self) -> &[Condition];
+pub trait ConditionedStatus: HasConditions + Clone + Default {
     fn set_conditions(&mut self, conditions: Vec<Condition>);
     fn set_observed_generation(&mut self, generation: Option<i64>);
 }
@@ -53,9 +52,6 @@ pub trait ConditionedStatus: Clone + Default {
 macro_rules! conditioned {
     ($t:ty) => {
         impl ConditionedStatus for $t {
-            fn conditions(&self) -> &[Condition] {
-                &self.conditions
-            }
             fn set_conditions(&mut self, conditions: Vec<Condition>) {
                 self.conditions = conditions;
             }

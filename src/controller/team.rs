@@ -3,13 +3,15 @@
 use jiff::Timestamp;
 use kube::ResourceExt;
 
-use super::object::{Managed, Report};
+use super::object::Managed;
 use super::{Context, org_user_refs};
 use crate::api::{AtlasTeamMembership, AtlasTeamMembershipStatus, DeletionPolicy};
 use crate::atlas::{AtlasClient, AtlasError};
-use crate::engine::{self, Mode};
+use crate::engine::{self, Mode, Report};
+use crate::reconcile::TeamPlan;
 
 impl Managed for AtlasTeamMembership {
+    type Plan = TeamPlan;
     type Status = AtlasTeamMembershipStatus;
     const KIND: &'static str = "AtlasTeamMembership";
 
@@ -29,16 +31,12 @@ impl Managed for AtlasTeamMembership {
         "the team's members".to_string()
     }
 
-    async fn run_engine(&self, client: &AtlasClient, ctx: &Context) -> Result<Report<Self::Status>, AtlasError> {
+    async fn run_engine(
+        &self,
+        client: &AtlasClient,
+        ctx: &Context,
+    ) -> Result<Report<Self::Plan, Self::Status>, AtlasError> {
         let refs = org_user_refs(&ctx.org_users, &self.namespace().unwrap_or_default());
-        let r =
-            engine::reconcile_team_membership(client, &ctx.index, self, &refs, Mode::Apply, Timestamp::now()).await?;
-        Ok(Report {
-            status: r.status,
-            outcomes: r.outcomes,
-            events: r.events,
-            finalizer_may_be_removed: r.finalizer_may_be_removed,
-            requeue_after: r.requeue_after,
-        })
+        engine::reconcile_team_membership(client, &ctx.index, self, &refs, Mode::Apply, Timestamp::now()).await
     }
 }

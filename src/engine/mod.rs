@@ -11,6 +11,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use serde::Serialize;
 
+use crate::api::conditions::HasConditions;
 use crate::api::{AtlasOrgUser, AtlasOrgUserStatus, AtlasTeamMembership, AtlasTeamMembershipStatus, TeamRef};
 use crate::atlas::models::{MembershipStatus, OrgUser, Team, codes};
 use crate::atlas::{AtlasClient, AtlasError, ErrorClass as AtlasErrorClass, OrgUserIndex};
@@ -62,15 +63,15 @@ pub mod events {
     pub const USER_REMOVED: &str = "UserRemoved";
 }
 
-/// What one reconcile of an AtlasOrgUser did and found.
+/// What one reconcile of an object did and found.
 #[derive(Serialize, Clone, Debug)]
 #[serde(rename_all = "camelCase")]
-pub struct OrgUserReport {
-    pub plan: OrgUserPlan,
+pub struct Report<P, S> {
+    pub plan: P,
     /// One per planned action (empty in [`Mode::PlanOnly`]).
     pub outcomes: Vec<ActionOutcome>,
     /// The status to write, from what Atlas reports after the calls.
-    pub status: AtlasOrgUserStatus,
+    pub status: S,
     /// For an object being deleted: its Atlas clean-up is complete.
     pub finalizer_may_be_removed: bool,
     /// The earliest `Retry-After` among rate-limited calls.
@@ -78,42 +79,22 @@ pub struct OrgUserReport {
     pub events: Vec<EngineEvent>,
 }
 
+/// What one reconcile of an AtlasOrgUser did and found.
+pub type OrgUserReport = Report<OrgUserPlan, AtlasOrgUserStatus>;
 /// What one reconcile of an AtlasTeamMembership did and found.
-#[derive(Serialize, Clone, Debug)]
-#[serde(rename_all = "camelCase")]
-pub struct TeamReport {
-    pub plan: TeamPlan,
-    pub outcomes: Vec<ActionOutcome>,
-    pub status: AtlasTeamMembershipStatus,
-    pub finalizer_may_be_removed: bool,
-    pub requeue_after: Option<Duration>,
-    pub events: Vec<EngineEvent>,
-}
+pub type TeamReport = Report<TeamPlan, AtlasTeamMembershipStatus>;
 
-fn settled(conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]) -> bool {
-    use crate::api::conditions::{self, is_true};
-    is_true(conditions, conditions::READY) || is_true(conditions, conditions::STALLED)
-}
-
-impl OrgUserReport {
+impl<P, S: HasConditions> Report<P, S> {
     /// Another pass would not change anything: Atlas matches the spec, the object waits on
     /// something only a change can end (Stalled), or its deletion is complete.
     pub fn is_settled(&self) -> bool {
-        !self.has_failures() && (self.finalizer_may_be_removed || settled(&self.status.conditions))
+        use crate::api::conditions::{READY, STALLED, is_true};
+        let conditions = self.status.conditions();
+        !self.has_failures()
+            && (self.finalizer_may_be_removed || is_true(conditions, READY) || is_true(conditions, STALLED))
     }
 
     /// Some call of this reconcile failed.
-    pub fn has_failures(&self) -> bool {
-        self.outcomes.iter().any(|o| o.error().is_some())
-    }
-}
-
-impl TeamReport {
-    /// See [`OrgUserReport::is_settled`].
-    pub fn is_settled(&self) -> bool {
-        !self.has_failures() && (self.finalizer_may_be_removed || settled(&self.status.conditions))
-    }
-
     pub fn has_failures(&self) -> bool {
         self.outcomes.iter().any(|o| o.error().is_some())
     }
