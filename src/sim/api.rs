@@ -338,6 +338,11 @@ fn required<'a>(obj: &'a Map<String, Value>, key: &str, path: &str) -> Result<&'
     }
 }
 
+/// A required string field; `path` names it in the error.
+fn required_str<'a>(obj: &'a Map<String, Value>, key: &str, path: &str) -> Result<&'a str, ApiFailure> {
+    required(obj, key, path)?.as_str().ok_or_else(|| ApiFailure::invalid(path, "must be a string"))
+}
+
 fn string_list(
     value: &Value,
     path: &str,
@@ -406,9 +411,7 @@ fn parse_json(body: &Bytes) -> Result<Value, ApiFailure> {
 
 fn create_org_user_request(body: &Value) -> Result<OrgUserRequest, ApiFailure> {
     let obj = as_object(body, "requestBody")?;
-    let username = required(obj, "username", "username")?
-        .as_str()
-        .ok_or_else(|| ApiFailure::invalid("username", "must be a string"))?;
+    let username = required_str(obj, "username", "username")?;
     email(username).map_err(|d| ApiFailure::invalid("username", d))?;
     let roles = roles_request(required(obj, "roles", "roles")?, "roles")?;
     let team_ids = match obj.get("teamIds").filter(|v| !v.is_null()) {
@@ -428,9 +431,7 @@ fn update_org_user_request(body: &Value) -> Result<OrgUserUpdateRequest, ApiFail
 
 fn org_role_request(body: &Value) -> Result<AddOrRemoveOrgRole, ApiFailure> {
     let obj = as_object(body, "requestBody")?;
-    let role = required(obj, "orgRole", "orgRole")?
-        .as_str()
-        .ok_or_else(|| ApiFailure::invalid("orgRole", "must be a string"))?;
+    let role = required_str(obj, "orgRole", "orgRole")?;
     org_role(role).map_err(|d| ApiFailure::invalid("orgRole", d))?;
     Ok(AddOrRemoveOrgRole { org_role: role.to_string() })
 }
@@ -438,8 +439,7 @@ fn org_role_request(body: &Value) -> Result<AddOrRemoveOrgRole, ApiFailure> {
 fn user_id_body(body: &Value, path: &str) -> Result<String, ApiFailure> {
     let obj = as_object(body, path)?;
     let id_path = if path == "requestBody" { "id".to_string() } else { format!("{path}.id") };
-    let id =
-        required(obj, "id", &id_path)?.as_str().ok_or_else(|| ApiFailure::invalid(&id_path, "must be a string"))?;
+    let id = required_str(obj, "id", &id_path)?;
     hex_id(id).map_err(|d| ApiFailure::invalid(&id_path, d))?;
     Ok(id.to_string())
 }
@@ -724,9 +724,7 @@ fn dispatch(shared: &Shared, call: Call<'_>) -> Result<Reply, ApiFailure> {
         }
         Op::CreateOrgTeam => {
             let obj = as_object(&body, "requestBody")?;
-            let name = required(obj, "name", "name")?
-                .as_str()
-                .ok_or_else(|| ApiFailure::invalid("name", "must be a string"))?;
+            let name = required_str(obj, "name", "name")?;
             if name.trim().is_empty() {
                 return Err(ApiFailure::invalid("name", "must not be empty"));
             }
