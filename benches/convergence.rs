@@ -23,8 +23,9 @@ use atlas_access_operator::api::{
     AtlasOrgUser, AtlasOrgUserSpec, AtlasTeamMembership, AtlasTeamMembershipSpec, MembershipMode, OrgRole, OrgUserRef,
     TeamMember, TeamRef,
 };
-use atlas_access_operator::atlas::{AtlasClient, ClientConfig, Credentials, OrgRateLimiter, OrgUserIndex};
+use atlas_access_operator::atlas::{AtlasClient, ClientConfig, Credentials, OrgRateLimiter};
 use atlas_access_operator::engine::Mode;
+use atlas_access_operator::engine::OrgUserIndex;
 use atlas_access_operator::engine::driver::{ObjectSet, run_pass};
 use atlas_access_operator::sim::{BucketSpec, RateLimitConfig, SimConfig, Simulator};
 use kube::api::ObjectMeta;

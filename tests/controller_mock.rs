@@ -19,9 +19,10 @@ use atlas_access_operator::api::{
     AtlasOrgUser, AtlasOrgUserStatus, AtlasTeamMembership, AtlasTeamMembershipStatus, FINALIZER, MemberState,
 };
 use atlas_access_operator::atlas::models::MembershipStatus;
-use atlas_access_operator::atlas::{ClientConfig, Credentials, OrgUserIndex};
+use atlas_access_operator::atlas::{ClientConfig, Credentials};
 use atlas_access_operator::controller::credentials::AtlasClients;
 use atlas_access_operator::controller::{Context, Retry, reconcile_org_user, reconcile_team_membership};
+use atlas_access_operator::engine::OrgUserIndex;
 use atlas_access_operator::metrics::ControllerMetrics;
 use atlas_access_operator::sim::{SimConfig, SimHandle, Simulator};
 use common::kube_mock::{ApiServer, Call, mock_client, status_failure};

@@ -11,7 +11,8 @@ use atlas_access_operator::api::{
     OrgUserRef, TeamMember, TeamRef,
 };
 use atlas_access_operator::atlas::models::MembershipStatus;
-use atlas_access_operator::atlas::{AtlasClient, ClientConfig, Credentials, OrgRateLimiter, OrgUserIndex, RetryPolicy};
+use atlas_access_operator::atlas::{AtlasClient, ClientConfig, Credentials, OrgRateLimiter, RetryPolicy};
+use atlas_access_operator::engine::OrgUserIndex;
 use atlas_access_operator::engine::driver::{ObjectSet, run_pass};
 use atlas_access_operator::engine::{Mode, events, execute, reconcile_org_user, reconcile_team_membership};
 use atlas_access_operator::reconcile::{ActionOutcome, ErrorClass, OrgUserDirectory, OrgUserInput, plan_org_user};

@@ -14,12 +14,9 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 use url::Url;
 
-use super::error::AtlasError;
+use super::error::{AtlasError, TOKEN_OPERATION, retry_after};
 use super::metrics::AtlasMetrics;
 use super::models::TokenResponse;
-
-/// Name used for the token endpoint in errors, logs and metrics (it has no spec `operationId`).
-pub const TOKEN_OPERATION: &str = "oauthToken";
 
 /// The `algorithm` of a digest challenge.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -375,7 +372,7 @@ impl TokenCache {
             .await
             .map_err(|e| AtlasError::from_reqwest(TOKEN_OPERATION, e))?;
         let status = response.status().as_u16();
-        let retry_after = super::client::retry_after(response.headers());
+        let retry_after = retry_after(response.headers());
         let body = response.bytes().await.map_err(|e| AtlasError::from_reqwest(TOKEN_OPERATION, e))?;
         if (200..300).contains(&status) {
             return serde_json::from_slice::<TokenResponse>(&body).map_err(|e| AtlasError::Decode {

@@ -16,12 +16,12 @@ use url::Url;
 
 use super::auth::{DigestAuth, TokenCache};
 use super::endpoint::{Operation, is_atlas_id};
-use super::error::{AtlasError, ErrorClass};
+use super::error::{AtlasError, ErrorClass, api_error, header_u32};
 use super::limiter::{OrgRateLimiter, RateLimitSnapshot};
 use super::metrics::AtlasMetrics;
 use super::models::{
-    AddOrRemoveOrgRole, ApiErrorBody, MAX_ITEMS_PER_PAGE, MembershipStatus, OrgUser, OrgUserRequest,
-    OrgUserUpdateRequest, Organization, Page, Team, UserIdBody,
+    AddOrRemoveOrgRole, MAX_ITEMS_PER_PAGE, MembershipStatus, OrgUser, OrgUserRequest, OrgUserUpdateRequest,
+    Organization, Page, Team, UserIdBody,
 };
 use super::retry::RetryPolicy;
 
@@ -173,37 +173,6 @@ struct Answer {
 struct Failure {
     error: AtlasError,
     after_uncertain_attempt: bool,
-}
-
-/// `Retry-After` in seconds (what Atlas sends) or as an HTTP date.
-pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let at = jiff::fmt::rfc2822::parse(value).ok()?.timestamp();
-    let wait = at.duration_since(jiff::Timestamp::now());
-    Some(Duration::try_from(wait).unwrap_or(Duration::ZERO))
-}
-
-fn header_u32(headers: &HeaderMap, name: &str) -> Option<u32> {
-    headers.get(name)?.to_str().ok()?.trim().parse().ok()
-}
-
-/// The error of a non-2xx answer.
-fn api_error(operation: &'static str, status: u16, headers: &HeaderMap, body: &[u8]) -> AtlasError {
-    let retry_after = retry_after(headers);
-    match serde_json::from_slice::<ApiErrorBody>(body) {
-        Ok(b) => {
-            AtlasError::Api { operation, status, error_code: b.error_code, detail: b.detail.or(b.reason), retry_after }
-        }
-        Err(_) => {
-            // Not an Atlas error (a proxy's page, an empty body): keep a short excerpt.
-            let text: String = String::from_utf8_lossy(body).chars().filter(|c| !c.is_control()).take(200).collect();
-            let detail = Some(text.trim().to_string()).filter(|t| !t.is_empty());
-            AtlasError::Api { operation, status, error_code: String::new(), detail, retry_after }
-        }
-    }
 }
 
 fn decode<T: DeserializeOwned>(op: Operation, answer: &Answer) -> Result<T, AtlasError> {
@@ -391,39 +360,6 @@ impl AtlasClient {
         update: &OrgUserUpdateRequest,
     ) -> Result<OrgUser, AtlasError> {
         let req = self.request(Operation::UpdateOrgUser, org_id, &[("userId", user_id)], vec![], Some(update))?;
-        self.fetch(req).await
-    }
-
-    /// Set the roles of `user` in one project (empty `roles`: none there), keeping their
-    /// organization roles and other projects, with one `updateOrgUser`.
-    pub async fn set_project_roles(
-        &self,
-        org_id: &str,
-        user: &OrgUser,
-        project_id: &str,
-        roles: &[String],
-    ) -> Result<OrgUser, AtlasError> {
-        if !is_atlas_id(project_id) {
-            return Err(invalid(Operation::UpdateOrgUser, "groupId", project_id));
-        }
-        let mut assignments: Vec<_> = user
-            .roles
-            .group_role_assignments
-            .iter()
-            .filter(|a| a.group_id.as_deref() != Some(project_id))
-            .cloned()
-            .collect();
-        if !roles.is_empty() {
-            assignments.push(super::models::GroupRoleAssignment {
-                group_id: Some(project_id.to_string()),
-                group_roles: roles.to_vec(),
-            });
-        }
-        // Written out so an empty list is sent (and clears), not left out (and ignored).
-        let body = serde_json::json!({
-            "roles": { "orgRoles": user.roles.org_roles, "groupRoleAssignments": assignments }
-        });
-        let req = self.request(Operation::UpdateOrgUser, org_id, &[("userId", &user.id)], vec![], Some(&body))?;
         self.fetch(req).await
     }
 
@@ -626,10 +562,17 @@ impl AtlasClient {
                 Err(error) => error,
             };
             let class = error.class();
-            if matches!(class, ErrorClass::RateLimited { .. }) {
+            if class == ErrorClass::RateLimited {
                 metrics.rate_limited(op_id);
             }
-            let wait = self.inner.retry.next_wait(class, error.error_code(), attempt, started.elapsed(), &mut backoff);
+            let wait = self.inner.retry.next_wait(
+                class,
+                error.retry_after(),
+                error.error_code(),
+                attempt,
+                started.elapsed(),
+                &mut backoff,
+            );
             let Some(wait) = wait else {
                 metrics.call(op_id, class.as_str());
                 debug!(operation = op_id, attempt, error = %error, "Atlas call failed");
@@ -855,25 +798,13 @@ mod tests {
             &headers,
             br#"{"error":429,"errorCode":"RATE_LIMITED_TOKEN_BUCKET","detail":"Too many","reason":"Too Many Requests","extra":1}"#,
         );
-        assert_eq!(err.class(), ErrorClass::RateLimited { retry_after: Some(Duration::from_secs(3)) });
+        assert_eq!(err.class(), ErrorClass::RateLimited);
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(3)));
         assert_eq!(err.error_code(), Some("RATE_LIMITED_TOKEN_BUCKET"));
         assert_eq!(err.detail(), Some("Too many"));
         let err = api_error("getOrg", 502, &HeaderMap::new(), b"<html>\n<body>Bad Gateway</body></html>");
         assert_eq!(err.class(), ErrorClass::Transient);
         assert_eq!(err.to_string(), "Atlas getOrg answered HTTP 502: <html><body>Bad Gateway</body></html>");
-    }
-
-    #[test]
-    fn retry_after_forms() {
-        let mut headers = HeaderMap::new();
-        assert_eq!(retry_after(&headers), None);
-        headers.insert(reqwest::header::RETRY_AFTER, HeaderValue::from_static("12"));
-        assert_eq!(retry_after(&headers), Some(Duration::from_secs(12)));
-        let later = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(30);
-        let date = jiff::fmt::rfc2822::DateTimePrinter::new().timestamp_to_rfc9110_string(&later).unwrap();
-        headers.insert(reqwest::header::RETRY_AFTER, HeaderValue::from_str(&date).unwrap());
-        let wait = retry_after(&headers).unwrap();
-        assert!(wait > Duration::from_secs(28) && wait <= Duration::from_secs(30), "{date}: {wait:?}");
     }
 
     #[test]

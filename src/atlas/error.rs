@@ -6,15 +6,26 @@
 use std::fmt;
 use std::time::Duration;
 
-use super::models::codes;
+use reqwest::header::HeaderMap;
 
-/// What a caller should do about an error.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+use super::models::{ApiErrorBody, codes};
+
+/// The operation name the service account token request goes by in errors, logs and metrics
+/// (the token endpoint is not in the spec's `paths`, so it has no `operationId`).
+pub const TOKEN_OPERATION: &str = "oauthToken";
+
+/// The one classification of a failed Atlas call. The client's [`super::RetryPolicy`]
+/// decides from it whether to send the same request again (never after a 409: the same
+/// request meets the same state); the planner decides from it what the object waits for
+/// (`reconcile::ActionError::waiting_may_fix`).
+#[derive(serde::Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase")]
 pub enum ErrorClass {
     /// 5xx, timeouts, dropped connections: retry later with backoff.
     Transient,
-    /// 429, 503 with `Retry-After`, and 400 `INVITATIONS_RATE_LIMITED_IP`: wait, then retry.
-    RateLimited { retry_after: Option<Duration> },
+    /// 429, 503 with `Retry-After`, and 400 `INVITATIONS_RATE_LIMITED_IP`: wait (the error's
+    /// [`AtlasError::retry_after`], when Atlas said), then retry.
+    RateLimited,
     /// 409.
     Conflict,
     /// 404.
@@ -26,16 +37,11 @@ pub enum ErrorClass {
 }
 
 impl ErrorClass {
-    /// Whether waiting and sending the same request again can succeed.
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Transient | Self::RateLimited { .. })
-    }
-
     /// A short lowercase name (metric label, log field).
     pub fn as_str(&self) -> &'static str {
         match self {
             Self::Transient => "transient",
-            Self::RateLimited { .. } => "rate_limited",
+            Self::RateLimited => "rate_limited",
             Self::Conflict => "conflict",
             Self::NotFound => "not_found",
             Self::Permanent => "permanent",
@@ -114,10 +120,10 @@ fn code_and_detail(error_code: &str, detail: &Option<String>) -> String {
 pub fn classify(status: u16, error_code: &str, retry_after: Option<Duration>) -> ErrorClass {
     match status {
         401 | 403 => ErrorClass::Auth,
-        429 => ErrorClass::RateLimited { retry_after },
+        429 => ErrorClass::RateLimited,
         // Atlas's anti-abuse limit on invitations answers 400, yet waiting is the fix.
-        400 if error_code == codes::INVITATIONS_RATE_LIMITED_IP => ErrorClass::RateLimited { retry_after },
-        503 if retry_after.is_some() => ErrorClass::RateLimited { retry_after },
+        400 if error_code == codes::INVITATIONS_RATE_LIMITED_IP => ErrorClass::RateLimited,
+        503 if retry_after.is_some() => ErrorClass::RateLimited,
         408 | 500..=599 => ErrorClass::Transient,
         404 => ErrorClass::NotFound,
         409 => ErrorClass::Conflict,
@@ -129,8 +135,8 @@ pub fn classify(status: u16, error_code: &str, retry_after: Option<Duration>) ->
 /// the service account credentials do not work.
 pub fn classify_token(status: u16, retry_after: Option<Duration>) -> ErrorClass {
     match status {
-        429 => ErrorClass::RateLimited { retry_after },
-        503 if retry_after.is_some() => ErrorClass::RateLimited { retry_after },
+        429 => ErrorClass::RateLimited,
+        503 if retry_after.is_some() => ErrorClass::RateLimited,
         500..=599 => ErrorClass::Transient,
         _ => ErrorClass::Auth,
     }
@@ -188,7 +194,7 @@ impl AtlasError {
             | Self::Decode { operation, .. }
             | Self::Authentication { operation, .. }
             | Self::InvalidArgument { operation, .. } => Some(operation),
-            Self::Token { .. } => Some(super::auth::TOKEN_OPERATION),
+            Self::Token { .. } => Some(TOKEN_OPERATION),
             Self::Config(_) => None,
         }
     }
@@ -225,6 +231,39 @@ impl AtlasError {
     }
 }
 
+// ---- reading an answer's headers and error body (shared by the client and the token cache) ----
+
+/// `Retry-After` in seconds (what Atlas sends) or as an HTTP date.
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = jiff::fmt::rfc2822::parse(value).ok()?.timestamp();
+    let wait = at.duration_since(jiff::Timestamp::now());
+    Some(Duration::try_from(wait).unwrap_or(Duration::ZERO))
+}
+
+pub(crate) fn header_u32(headers: &HeaderMap, name: &str) -> Option<u32> {
+    headers.get(name)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// The error of a non-2xx answer.
+pub(crate) fn api_error(operation: &'static str, status: u16, headers: &HeaderMap, body: &[u8]) -> AtlasError {
+    let retry_after = retry_after(headers);
+    match serde_json::from_slice::<ApiErrorBody>(body) {
+        Ok(b) => {
+            AtlasError::Api { operation, status, error_code: b.error_code, detail: b.detail.or(b.reason), retry_after }
+        }
+        Err(_) => {
+            // Not an Atlas error (a proxy's page, an empty body): keep a short excerpt.
+            let text: String = String::from_utf8_lossy(body).chars().filter(|c| !c.is_control()).take(200).collect();
+            let detail = Some(text.trim().to_string()).filter(|t| !t.is_empty());
+            AtlasError::Api { operation, status, error_code: String::new(), detail, retry_after }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -234,8 +273,8 @@ mod tests {
         let ra = Some(Duration::from_secs(7));
         let table: &[(u16, &str, Option<Duration>, ErrorClass)] = &[
             (400, codes::VALIDATION_ERROR, None, ErrorClass::Permanent),
-            (400, codes::INVITATIONS_RATE_LIMITED_IP, None, ErrorClass::RateLimited { retry_after: None }),
-            (400, codes::INVITATIONS_RATE_LIMITED_IP, ra, ErrorClass::RateLimited { retry_after: ra }),
+            (400, codes::INVITATIONS_RATE_LIMITED_IP, None, ErrorClass::RateLimited),
+            (400, codes::INVITATIONS_RATE_LIMITED_IP, ra, ErrorClass::RateLimited),
             (400, codes::USER_NOT_IN_TEAM, None, ErrorClass::Permanent),
             (401, codes::UNAUTHORIZED, None, ErrorClass::Auth),
             (403, "USER_UNAUTHORIZED", None, ErrorClass::Auth),
@@ -245,12 +284,12 @@ mod tests {
             (408, "REQUEST_TIMEOUT", None, ErrorClass::Transient),
             (409, codes::USER_ALREADY_IN_ORG, None, ErrorClass::Conflict),
             (415, codes::UNSUPPORTED_MEDIA_TYPE, None, ErrorClass::Permanent),
-            (429, codes::RATE_LIMITED_TOKEN_BUCKET, ra, ErrorClass::RateLimited { retry_after: ra }),
-            (429, codes::RATE_LIMITED, None, ErrorClass::RateLimited { retry_after: None }),
+            (429, codes::RATE_LIMITED_TOKEN_BUCKET, ra, ErrorClass::RateLimited),
+            (429, codes::RATE_LIMITED, None, ErrorClass::RateLimited),
             (500, codes::UNEXPECTED_ERROR, None, ErrorClass::Transient),
             (502, "", None, ErrorClass::Transient),
             (503, codes::SERVICE_UNAVAILABLE, None, ErrorClass::Transient),
-            (503, codes::SERVICE_UNAVAILABLE, ra, ErrorClass::RateLimited { retry_after: ra }),
+            (503, codes::SERVICE_UNAVAILABLE, ra, ErrorClass::RateLimited),
             (504, "", None, ErrorClass::Transient),
         ];
         for (status, code, retry_after, want) in table {
@@ -262,7 +301,7 @@ mod tests {
     fn token_endpoint_classification() {
         assert_eq!(classify_token(400, None), ErrorClass::Auth);
         assert_eq!(classify_token(401, None), ErrorClass::Auth);
-        assert_eq!(classify_token(429, None), ErrorClass::RateLimited { retry_after: None });
+        assert_eq!(classify_token(429, None), ErrorClass::RateLimited);
         assert_eq!(classify_token(500, None), ErrorClass::Transient);
     }
 
@@ -303,5 +342,18 @@ mod tests {
         assert!(!api(503).may_have_been_applied());
         assert!(!api(429).may_have_been_applied());
         assert_eq!(api(500).to_string(), "Atlas createOrgUser answered HTTP 500");
+    }
+
+    #[test]
+    fn retry_after_forms() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(retry_after(&headers), None);
+        headers.insert(reqwest::header::RETRY_AFTER, reqwest::header::HeaderValue::from_static("12"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(12)));
+        let later = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(30);
+        let date = jiff::fmt::rfc2822::DateTimePrinter::new().timestamp_to_rfc9110_string(&later).unwrap();
+        headers.insert(reqwest::header::RETRY_AFTER, reqwest::header::HeaderValue::from_str(&date).unwrap());
+        let wait = retry_after(&headers).unwrap();
+        assert!(wait > Duration::from_secs(28) && wait <= Duration::from_secs(30), "{date}: {wait:?}");
     }
 }

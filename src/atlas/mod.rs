@@ -9,7 +9,6 @@ pub mod auth;
 pub mod client;
 pub mod endpoint;
 pub mod error;
-pub mod index;
 pub mod limiter;
 pub mod metrics;
 pub mod models;
@@ -20,7 +19,6 @@ pub use client::{
 };
 pub use endpoint::Operation;
 pub use error::{AtlasError, ErrorClass, TransportKind};
-pub use index::OrgUserIndex;
 pub use limiter::{OrgRateLimiter, RateLimitSnapshot};
 pub use metrics::AtlasMetrics;
 pub use retry::RetryPolicy;

@@ -60,11 +60,13 @@ impl RetryPolicy {
     }
 
     /// How long to wait before attempt `attempt + 1`, after attempt `attempt` failed with an
-    /// error of class `class` and `elapsed` has passed since the call began; `None` means
-    /// give up and return the error.
+    /// error of class `class` (Atlas asking for `retry_after`) and `elapsed` has passed since
+    /// the call began; `None` means give up and return the error.
+    #[allow(clippy::too_many_arguments)]
     pub fn next_wait(
         &self,
         class: ErrorClass,
+        retry_after: Option<Duration>,
         error_code: Option<&str>,
         attempt: u32,
         elapsed: Duration,
@@ -73,14 +75,14 @@ impl RetryPolicy {
         if attempt >= self.max_attempts {
             return None;
         }
-        let wait = match class {
-            ErrorClass::RateLimited { retry_after: Some(after) } => after,
-            ErrorClass::RateLimited { retry_after: None }
+        let wait = match (class, retry_after) {
+            (ErrorClass::RateLimited, Some(after)) => after,
+            (ErrorClass::RateLimited, None)
                 if error_code == Some(super::models::codes::INVITATIONS_RATE_LIMITED_IP) =>
             {
                 self.invitation_rate_limit_wait
             }
-            ErrorClass::RateLimited { retry_after: None } | ErrorClass::Transient => backoff.next()?,
+            (ErrorClass::RateLimited | ErrorClass::Transient, _) => backoff.next()?,
             _ => return None,
         };
         (elapsed + wait <= self.max_elapsed).then_some(wait)
@@ -97,7 +99,8 @@ mod tests {
         let mut backoff = policy.backoff();
         let mut base = policy.min_delay;
         for attempt in 1..20 {
-            let wait = policy.next_wait(ErrorClass::Transient, None, attempt, Duration::ZERO, &mut backoff).unwrap();
+            let wait =
+                policy.next_wait(ErrorClass::Transient, None, None, attempt, Duration::ZERO, &mut backoff).unwrap();
             // backon's jitter adds 0..100% of the current delay.
             assert!(wait >= base && wait < base * 2, "attempt {attempt}: {wait:?} not in [{base:?}, {:?})", base * 2);
             base = (base * 2).min(policy.max_delay);
@@ -108,12 +111,16 @@ mod tests {
     fn bounded_in_attempts_and_time() {
         let policy = RetryPolicy::default();
         let mut backoff = policy.backoff();
-        assert!(policy.next_wait(ErrorClass::Transient, None, 5, Duration::ZERO, &mut backoff).is_some());
-        assert!(policy.next_wait(ErrorClass::Transient, None, 6, Duration::ZERO, &mut backoff).is_none());
+        assert!(policy.next_wait(ErrorClass::Transient, None, None, 5, Duration::ZERO, &mut backoff).is_some());
+        assert!(policy.next_wait(ErrorClass::Transient, None, None, 6, Duration::ZERO, &mut backoff).is_none());
         let mut fresh = policy.backoff();
         // The first delay is at least 250 ms: past the 60 s budget.
-        assert!(policy.next_wait(ErrorClass::Transient, None, 1, Duration::from_millis(59_800), &mut fresh).is_none());
-        assert!(RetryPolicy::none().next_wait(ErrorClass::Transient, None, 1, Duration::ZERO, &mut backoff).is_none());
+        assert!(
+            policy.next_wait(ErrorClass::Transient, None, None, 1, Duration::from_millis(59_800), &mut fresh).is_none()
+        );
+        assert!(
+            RetryPolicy::none().next_wait(ErrorClass::Transient, None, None, 1, Duration::ZERO, &mut backoff).is_none()
+        );
     }
 
     #[test]
@@ -121,7 +128,7 @@ mod tests {
         let policy = RetryPolicy::default();
         let mut backoff = policy.backoff();
         for class in [ErrorClass::Conflict, ErrorClass::NotFound, ErrorClass::Permanent, ErrorClass::Auth] {
-            assert!(policy.next_wait(class, None, 1, Duration::ZERO, &mut backoff).is_none(), "{class:?}");
+            assert!(policy.next_wait(class, None, None, 1, Duration::ZERO, &mut backoff).is_none(), "{class:?}");
         }
     }
 
@@ -129,16 +136,16 @@ mod tests {
     fn rate_limits_wait_what_atlas_asks() {
         let policy = RetryPolicy::default();
         let mut backoff = policy.backoff();
-        let limited = |after| ErrorClass::RateLimited { retry_after: after };
+        let limited = ErrorClass::RateLimited;
         let seven = Some(Duration::from_secs(7));
-        assert_eq!(policy.next_wait(limited(seven), None, 1, Duration::ZERO, &mut backoff), seven);
+        assert_eq!(policy.next_wait(limited, seven, None, 1, Duration::ZERO, &mut backoff), seven);
         assert_eq!(
-            policy.next_wait(limited(None), Some("INVITATIONS_RATE_LIMITED_IP"), 1, Duration::ZERO, &mut backoff),
+            policy.next_wait(limited, None, Some("INVITATIONS_RATE_LIMITED_IP"), 1, Duration::ZERO, &mut backoff),
             Some(policy.invitation_rate_limit_wait)
         );
         // A wait past the time budget is the caller's to make (requeue), not the client's.
         assert_eq!(
-            policy.next_wait(limited(Some(Duration::from_secs(120))), None, 1, Duration::ZERO, &mut backoff),
+            policy.next_wait(limited, Some(Duration::from_secs(120)), None, 1, Duration::ZERO, &mut backoff),
             None
         );
     }

@@ -12,7 +12,8 @@ use serde_json::json;
 use super::manifests::{Input, read_secret_file};
 use super::simulate;
 use crate::api::conditions::{self, find};
-use crate::atlas::{ATLAS_BASE_URL, AtlasClient, ClientConfig, Credentials, OrgUserIndex};
+use crate::atlas::{ATLAS_BASE_URL, AtlasClient, ClientConfig, Credentials};
+use crate::engine::OrgUserIndex;
 use crate::engine::driver::{ObjectId, ObjectSet, Outcome, display_name, run_pass};
 use crate::engine::{EngineEvent, Mode};
 

@@ -28,7 +28,8 @@ use prometheus_client::registry::Registry;
 use rand::Rng;
 
 use crate::api::{self, AtlasOrgUser, AtlasTeamMembership};
-use crate::atlas::{AtlasError, AtlasMetrics, ClientConfig, Credentials, ErrorClass, OrgUserIndex};
+use crate::atlas::{AtlasError, AtlasMetrics, ClientConfig, Credentials, ErrorClass};
+use crate::engine::OrgUserIndex;
 use crate::metrics::ControllerMetrics;
 use crate::reconcile::{ActionError, ActionOutcome};
 use crate::telemetry::LogFormat;
@@ -129,9 +130,9 @@ impl Error {
     pub fn retry(&self) -> Retry {
         match self {
             Error::Kube(_) => Retry::Backoff,
-            Error::Atlas(e) => match e.class() {
-                ErrorClass::RateLimited { retry_after: Some(d) } => Retry::After(d),
-                ErrorClass::RateLimited { retry_after: None } | ErrorClass::Transient => Retry::Backoff,
+            Error::Atlas(e) => match (e.class(), e.retry_after()) {
+                (ErrorClass::RateLimited, Some(d)) => Retry::After(d),
+                (ErrorClass::RateLimited | ErrorClass::Transient, _) => Retry::Backoff,
                 _ => Retry::Slow,
             },
             Error::Credentials(e) if e.is_transient() => Retry::Backoff,
@@ -173,7 +174,7 @@ pub fn incomplete(outcomes: &[ActionOutcome]) -> Option<Error> {
         return None;
     }
     let retry_after = errors.iter().filter_map(|e| e.retry_after_secs).min().map(Duration::from_secs);
-    let transient = errors.iter().any(|e| e.class.is_retryable());
+    let transient = errors.iter().any(|e| e.waiting_may_fix());
     Some(Error::Incomplete { message: failure_message(outcomes).unwrap_or_default(), retry_after, transient })
 }
 

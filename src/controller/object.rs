@@ -93,8 +93,8 @@ async fn converge<K: Managed>(api: &Api<K>, obj: Arc<K>, ctx: &Context, deleting
     let report = match obj.run_engine(&client, ctx).await {
         Ok(r) => r,
         Err(e) => {
-            let class = engine::action_error(&e).class;
-            write_failure(api, obj.as_ref(), ctx, class.reason(), &e.to_string(), !class.is_retryable()).await;
+            let failure = engine::action_error(&e);
+            write_failure(api, obj.as_ref(), ctx, failure.reason(), &e.to_string(), !failure.waiting_may_fix()).await;
             return Err(e.into());
         }
     };

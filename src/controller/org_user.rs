@@ -11,10 +11,6 @@ use crate::engine::{self, Mode, Report};
 use crate::reconcile::OrgUserPlan;
 use crate::reconcile::{Claim, username_key};
 
-fn claim(o: &AtlasOrgUser) -> Claim {
-    Claim::new(o.namespace().unwrap_or_default(), o.name_any(), o.metadata.creation_timestamp.as_ref().map(|t| t.0))
-}
-
 /// Other live objects that claim the same (orgId, username).
 fn rivals(obj: &AtlasOrgUser, ctx: &Context) -> Vec<Claim> {
     let key = username_key(&obj.spec.username);
@@ -23,7 +19,7 @@ fn rivals(obj: &AtlasOrgUser, ctx: &Context) -> Vec<Claim> {
         .iter()
         .filter(|o| o.uid() != obj.uid() && o.metadata.deletion_timestamp.is_none())
         .filter(|o| o.spec.org_id == obj.spec.org_id && username_key(&o.spec.username) == key)
-        .map(|o| claim(o))
+        .map(|o| Claim::of(&o.metadata))
         .collect()
 }
 

@@ -14,9 +14,10 @@ use futures::future::join_all;
 use jiff::Timestamp;
 use tokio::sync::{Semaphore, watch};
 
+use super::OrgUserIndex;
 use super::{Mode, OrgUserReport, TeamReport, reconcile_org_user, reconcile_team_membership};
 use crate::api::{AtlasOrgUser, AtlasTeamMembership};
-use crate::atlas::{AtlasClient, AtlasError, OrgUserIndex};
+use crate::atlas::{AtlasClient, AtlasError};
 use crate::reconcile::{Claim, username_key};
 
 /// The objects of one run, with the statuses of the last pass.
@@ -69,15 +70,6 @@ pub fn display_name(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Objec
     format!("{}/{}", meta.namespace.as_deref().unwrap_or("default"), meta.name.as_deref().unwrap_or(""))
 }
 
-fn claim(object: &AtlasOrgUser) -> Claim {
-    let meta = &object.metadata;
-    Claim::new(
-        meta.namespace.clone().unwrap_or_default(),
-        meta.name.clone().unwrap_or_default(),
-        meta.creation_timestamp.as_ref().map(|t| t.0),
-    )
-}
-
 impl ObjectSet {
     /// For each org user: the other objects claiming the same (orgId, username).
     fn rivals(&self) -> Vec<Vec<Claim>> {
@@ -92,7 +84,7 @@ impl ObjectSet {
                 by_key[&(u.spec.org_id.clone(), username_key(&u.spec.username))]
                     .iter()
                     .filter(|&&j| j != i)
-                    .map(|&j| claim(&self.org_users[j]))
+                    .map(|&j| Claim::of(&self.org_users[j].metadata))
                     .collect()
             })
             .collect()

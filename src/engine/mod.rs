@@ -4,6 +4,7 @@
 //! answered. Kubernetes is not touched here: callers write the status, events and finalizers.
 
 pub mod driver;
+pub mod index;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -14,12 +15,13 @@ use serde::Serialize;
 use crate::api::conditions::HasConditions;
 use crate::api::{AtlasOrgUser, AtlasOrgUserStatus, AtlasTeamMembership, AtlasTeamMembershipStatus, TeamRef};
 use crate::atlas::models::{MembershipStatus, OrgUser, Team, codes};
-use crate::atlas::{AtlasClient, AtlasError, ErrorClass as AtlasErrorClass, OrgUserIndex};
+use crate::atlas::{AtlasClient, AtlasError};
 use crate::reconcile::{
     Action, ActionError, ActionOutcome, Claim, ErrorClass, FailureMode, ObservedTeam, OrgUserDirectory, OrgUserInput,
     OrgUserPlan, Plan, TeamInput, TeamPlan, org_user_status, plan_org_user, plan_team_membership,
     team_membership_status,
 };
+pub use index::OrgUserIndex;
 
 /// Whether a reconcile writes to Atlas.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,7 +52,7 @@ impl EngineEvent {
     }
 }
 
-/// Event reasons the engine emits (failures use [`ErrorClass::reason`]).
+/// Event reasons the engine emits (failures use [`crate::reconcile::failure_reason`]).
 pub mod events {
     pub const INVITATION_SENT: &str = "InvitationSent";
     pub const INVITATION_REISSUED: &str = "InvitationReissued";
@@ -102,16 +104,8 @@ impl<P, S: HasConditions> Report<P, S> {
 
 /// The executor's view of a client error: Atlas's own `errorCode` and `detail` are kept.
 pub fn action_error(error: &AtlasError) -> ActionError {
-    let class = match error.class() {
-        AtlasErrorClass::Transient => ErrorClass::Transient,
-        AtlasErrorClass::RateLimited { .. } => ErrorClass::RateLimited,
-        AtlasErrorClass::Conflict => ErrorClass::Conflict,
-        AtlasErrorClass::NotFound => ErrorClass::NotFound,
-        AtlasErrorClass::Permanent => ErrorClass::Permanent,
-        AtlasErrorClass::Auth => ErrorClass::Auth,
-    };
     ActionError {
-        class,
+        class: error.class(),
         http_status: match error {
             AtlasError::Api { status, .. } | AtlasError::Token { status, .. } => Some(*status),
             _ => None,
@@ -243,7 +237,7 @@ pub async fn execute(client: &AtlasClient, plan: &Plan) -> Vec<ActionOutcome> {
 }
 
 fn is_not_found(error: &AtlasError) -> bool {
-    error.class() == AtlasErrorClass::NotFound
+    error.class() == ErrorClass::NotFound
 }
 
 async fn lookup_team(client: &AtlasClient, org_id: &str, team: &TeamRef) -> Result<Option<Team>, AtlasError> {
@@ -319,7 +313,7 @@ fn earliest_retry(outcomes: &[ActionOutcome]) -> Option<Duration> {
 fn failure_events(plan: &Plan, outcomes: &[ActionOutcome], events: &mut Vec<EngineEvent>) {
     for (action, outcome) in plan.actions.iter().zip(outcomes) {
         if let Some(error) = outcome.error() {
-            events.push(EngineEvent::warning(error.class.reason(), format!("{action}: {error}")));
+            events.push(EngineEvent::warning(error.reason(), format!("{action}: {error}")));
         }
     }
 }

@@ -21,17 +21,19 @@ mod team;
 use std::fmt;
 
 use jiff::Timestamp;
+
+use crate::api::conditions::{self as conditions_api};
 use serde::Serialize;
 
 pub use action::{Action, FailureMode, RemovalPurpose};
 pub use directory::{ObservedTeam, OrgUserDirectory, username_key};
 pub use org_user::{OrgUserInput, OrgUserPlan, org_user_status, plan_org_user};
-pub use outcome::{ActionError, ActionOutcome, ErrorClass, continue_after};
+pub use outcome::{ActionError, ActionOutcome, ErrorClass, continue_after, failure_reason, waiting_may_fix};
 pub use team::{MemberDisposition, PlannedMember, TeamInput, TeamPlan, plan_team_membership, team_membership_status};
 
 use outcome::{Settled, settle};
 
-/// Condition reasons the planners write (besides [`ErrorClass::reason`]).
+/// Condition reasons the planners write (besides [`failure_reason`]).
 pub mod reasons {
     pub const SYNCED: &str = "Synced";
     pub const PROGRESSING: &str = "Progressing";
@@ -64,6 +66,15 @@ pub struct Claim {
 impl Claim {
     pub fn new(namespace: impl Into<String>, name: impl Into<String>, created: Option<Timestamp>) -> Self {
         Self { namespace: namespace.into(), name: name.into(), created }
+    }
+
+    /// The claim of a stored (or, without `creationTimestamp`, a not yet stored) object.
+    pub fn of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Self {
+        Self::new(
+            meta.namespace.clone().unwrap_or_default(),
+            meta.name.clone().unwrap_or_default(),
+            meta.creation_timestamp.as_ref().map(|t| t.0),
+        )
     }
 
     fn order_key(&self) -> (bool, Option<Timestamp>, &str, &str) {
@@ -206,4 +217,22 @@ impl fmt::Display for Plan {
         }
         Ok(())
     }
+}
+
+/// The `Ready` condition of a paused object: ready only while Atlas already matches what the
+/// object would do unpaused. `unpaused` plans as if the annotation were gone and says whether
+/// anything beyond the plan's actions and hold still differs (a team member not yet in).
+fn paused_condition(deleting: bool, unpaused: impl FnOnce() -> (Plan, bool)) -> conditions_api::DesiredCondition {
+    let mut message = Hold::Paused.to_string();
+    let drift = if deleting {
+        message.push_str("; deletion waits until the annotation is removed (or deletionPolicy is Orphan)");
+        true
+    } else {
+        let (would, other_drift) = unpaused();
+        if let Some(first) = would.actions.first() {
+            message.push_str(&format!("; {} change(s) waiting, first: {first}", would.actions.len()));
+        }
+        !would.actions.is_empty() || would.hold.is_some() || other_drift
+    };
+    conditions_api::DesiredCondition::new(conditions_api::READY, !drift, reasons::PAUSED, message)
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 use super::action::{Action, FailureMode, RemovalPurpose};
 use super::directory::OrgUserDirectory;
 use super::outcome::{ActionOutcome, Settled, first_failure, settle};
-use super::{Claim, Hold, Plan, reasons};
+use super::{Claim, Hold, Plan, paused_condition, reasons};
 use crate::api::conditions::{self, DesiredCondition};
 use crate::api::{
     AtlasOrgUser, AtlasOrgUserSpec, AtlasOrgUserStatus, DeletionPolicy, ObservedProjectRoles, OrgRole, ReinvitePolicy,
@@ -49,11 +49,7 @@ impl<'a> OrgUserInput<'a> {
     ) -> Self {
         let meta = &object.metadata;
         Self {
-            claim: Claim::new(
-                meta.namespace.clone().unwrap_or_default(),
-                meta.name.clone().unwrap_or_default(),
-                meta.creation_timestamp.as_ref().map(|t| t.0),
-            ),
+            claim: Claim::of(meta),
             generation: meta.generation,
             spec: &object.spec,
             previous: object.status.as_ref(),
@@ -371,32 +367,17 @@ pub fn org_user_status(
     let conflict = matches!(plan.plan.hold, Some(Hold::Conflict { .. }));
     if let Some((action, error)) = first_failure(&plan.plan.actions, outcomes) {
         let message = format!("{action}: {error}");
-        if error.class.is_retryable() {
-            ready_and_kstatus(&mut desired, false, error.class.reason(), message);
+        if error.waiting_may_fix() {
+            ready_and_kstatus(&mut desired, false, error.reason(), message);
         } else {
-            stalled(&mut desired, error.class.reason(), message);
+            stalled(&mut desired, error.reason(), message);
         }
     } else if let Some(hold) = &plan.plan.hold {
         match hold {
-            Hold::Paused => {
-                let mut message = hold.to_string();
-                let drift = if input.deleting {
-                    message.push_str("; deletion waits until the annotation is removed (or deletionPolicy is Orphan)");
-                    true
-                } else {
-                    let unpaused = OrgUserInput { paused: false, ..input.with_observed(fresh) };
-                    let would = plan_org_user(&unpaused).plan;
-                    if !would.actions.is_empty() {
-                        message.push_str(&format!(
-                            "; {} change(s) waiting, first: {}",
-                            would.actions.len(),
-                            would.actions[0]
-                        ));
-                    }
-                    !would.actions.is_empty() || would.hold.is_some()
-                };
-                desired.push(DesiredCondition::new(conditions::READY, !drift, reasons::PAUSED, message));
-            }
+            Hold::Paused => desired.push(paused_condition(input.deleting, || {
+                let unpaused = OrgUserInput { paused: false, ..input.with_observed(fresh) };
+                (plan_org_user(&unpaused).plan, false)
+            })),
             _ => stalled(&mut desired, hold.reason(), hold.to_string()),
         }
     } else if already_in_org {

@@ -6,49 +6,8 @@ use std::fmt;
 use serde::Serialize;
 
 use super::action::{Action, FailureMode};
+pub use crate::atlas::error::ErrorClass;
 use crate::atlas::models::{OrgUser, codes};
-
-/// How a failed call should be treated.
-#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub enum ErrorClass {
-    /// 5xx, timeouts, resets (after the client's own retries): try again later.
-    Transient,
-    /// 429, or `INVITATIONS_RATE_LIMITED_IP`: try again after the announced delay.
-    RateLimited,
-    /// Other 4xx: Atlas refused; only a change (of spec or of Atlas) helps.
-    Permanent,
-    /// 409: Atlas's state differs from what the plan assumed.
-    Conflict,
-    /// 404: the organization, team or user is not there.
-    NotFound,
-    /// 401 / 403: credentials missing, wrong, or without the needed role.
-    Auth,
-}
-
-impl ErrorClass {
-    /// The condition reason a failure of this class shows.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            ErrorClass::Transient => "AtlasUnavailable",
-            ErrorClass::RateLimited => "RateLimited",
-            ErrorClass::Permanent => "AtlasError",
-            ErrorClass::Conflict => "AtlasConflict",
-            ErrorClass::NotFound => "AtlasNotFound",
-            ErrorClass::Auth => "AtlasUnauthorized",
-        }
-    }
-
-    /// Whether waiting alone may fix it (kstatus `Reconciling`), or a change is needed (`Stalled`).
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, ErrorClass::Transient | ErrorClass::RateLimited | ErrorClass::Conflict)
-    }
-
-    /// Whether the failure would hit every later call too (so an independent plan stops).
-    fn hits_every_call(&self) -> bool {
-        matches!(self, ErrorClass::Transient | ErrorClass::RateLimited | ErrorClass::Auth)
-    }
-}
 
 /// A failed Atlas call, as the executor saw it. Carries Atlas's own words, never credentials.
 #[derive(Serialize, Clone, Debug, PartialEq, Eq)]
@@ -87,6 +46,40 @@ impl ActionError {
     fn has_code(&self, code: &str) -> bool {
         self.error_code.as_deref() == Some(code)
     }
+
+    /// The condition reason this failure shows.
+    pub fn reason(&self) -> &'static str {
+        failure_reason(self.class)
+    }
+
+    /// Whether waiting alone may fix it (kstatus `Reconciling`), or a change is needed
+    /// (`Stalled`). Unlike a resend by the client, a 409 counts: the plan was made from an
+    /// observation Atlas has moved past, and the next pass observes again.
+    pub fn waiting_may_fix(&self) -> bool {
+        waiting_may_fix(self.class)
+    }
+
+    /// Whether the failure would hit every later call too (so an independent plan stops).
+    fn hits_every_call(&self) -> bool {
+        matches!(self.class, ErrorClass::Transient | ErrorClass::RateLimited | ErrorClass::Auth)
+    }
+}
+
+/// The condition reason a failure of this class shows.
+pub fn failure_reason(class: ErrorClass) -> &'static str {
+    match class {
+        ErrorClass::Transient => "AtlasUnavailable",
+        ErrorClass::RateLimited => "RateLimited",
+        ErrorClass::Permanent => "AtlasError",
+        ErrorClass::Conflict => "AtlasConflict",
+        ErrorClass::NotFound => "AtlasNotFound",
+        ErrorClass::Auth => "AtlasUnauthorized",
+    }
+}
+
+/// See [`ActionError::waiting_may_fix`].
+pub fn waiting_may_fix(class: ErrorClass) -> bool {
+    matches!(class, ErrorClass::Transient | ErrorClass::RateLimited | ErrorClass::Conflict)
 }
 
 impl fmt::Display for ActionError {
@@ -166,7 +159,7 @@ pub(crate) fn settle<'a>(action: &Action, outcome: Option<&'a ActionOutcome>) ->
 pub fn continue_after(mode: FailureMode, error: &ActionError) -> bool {
     match mode {
         FailureMode::Sequential => false,
-        FailureMode::Independent => !error.class.hits_every_call(),
+        FailureMode::Independent => !error.hits_every_call(),
     }
 }
 

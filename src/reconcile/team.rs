@@ -10,7 +10,7 @@ use serde::Serialize;
 use super::action::{Action, FailureMode};
 use super::directory::{ObservedTeam, OrgUserDirectory, username_key};
 use super::outcome::{ActionError, ActionOutcome, Settled, settle};
-use super::{Claim, Hold, Plan, reasons};
+use super::{Claim, Hold, Plan, paused_condition, reasons};
 use crate::api::conditions::{self, DesiredCondition};
 use crate::api::{
     AddedMember, AtlasTeamMembership, AtlasTeamMembershipSpec, AtlasTeamMembershipStatus, DeletionPolicy,
@@ -49,11 +49,7 @@ impl<'a> TeamInput<'a> {
     ) -> Self {
         let meta = &object.metadata;
         Self {
-            claim: Claim::new(
-                meta.namespace.clone().unwrap_or_default(),
-                meta.name.clone().unwrap_or_default(),
-                meta.creation_timestamp.as_ref().map(|t| t.0),
-            ),
+            claim: Claim::of(meta),
             generation: meta.generation,
             spec: &object.spec,
             previous: object.status.as_ref(),
@@ -343,27 +339,15 @@ pub fn team_membership_status(
             .filter(|(i, a)| matches!(settle(a, outcomes.get(*i)), Settled::Failed(_)))
             .count();
         let message = format!("{failed} call(s) failed; first: {action}: {error}");
-        not_ready(&mut desired, !error.class.is_retryable(), error.class.reason(), message);
+        not_ready(&mut desired, !error.waiting_may_fix(), error.reason(), message);
     } else if let Some(hold) = &plan.plan.hold {
         if *hold == Hold::Paused {
-            let mut message = hold.to_string();
-            let drift = if input.deleting {
-                message.push_str("; deletion waits until the annotation is removed (or deletionPolicy is Orphan)");
-                true
-            } else {
+            desired.push(paused_condition(input.deleting, || {
                 let would = plan_team_membership(&TeamInput { paused: false, ..fresh_input.clone() });
-                if !would.plan.actions.is_empty() {
-                    message.push_str(&format!(
-                        "; {} change(s) waiting, first: {}",
-                        would.plan.actions.len(),
-                        would.plan.actions[0]
-                    ));
-                }
-                !would.plan.actions.is_empty()
-                    || would.plan.hold.is_some()
-                    || would.members.iter().any(|m| !matches!(m.disposition, MemberDisposition::InTeam(_)))
-            };
-            desired.push(DesiredCondition::new(conditions::READY, !drift, reasons::PAUSED, message));
+                let members_differ =
+                    would.members.iter().any(|m| !matches!(m.disposition, MemberDisposition::InTeam(_)));
+                (would.plan, members_differ)
+            }));
         } else {
             not_ready(&mut desired, true, hold.reason(), hold.to_string());
         }

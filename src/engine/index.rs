@@ -16,9 +16,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::client::{AtlasClient, ListOrgUsersQuery};
-use super::error::AtlasError;
-use super::models::{OrgUser, Team};
+use crate::atlas::models::{OrgUser, Team};
+use crate::atlas::{AtlasClient, AtlasError, ListOrgUsersQuery};
 use crate::reconcile::{Action, ActionOutcome, OrgUserDirectory};
 
 /// How long a remembered team (id and name) is trusted by default.
