@@ -283,11 +283,15 @@ async fn error_classes() {
     let err = atlas.remove_org_role(org, &bob, "ORG_MEMBER").await.unwrap_err();
     assert_eq!(err.class(), ErrorClass::Permanent);
     assert_eq!(err.error_code(), Some(codes::CANNOT_REMOVE_LAST_ORG_ROLE));
-    // Permanent: a team removal of a non-member (on a first attempt, not settled away).
+    // A team removal of a non-member: the spec names no code for the refusal, so the client
+    // reads the user again and the goal (not in the team) holds.
     sim.state.reset_rate_limits();
     let team = sim.state.add_team(org, "t");
-    let err = atlas.remove_team_user(org, &team, &bob).await.unwrap_err();
-    assert_eq!((err.class(), err.error_code()), (ErrorClass::Permanent, Some(codes::USER_NOT_IN_TEAM)));
+    let user = atlas.remove_team_user(org, &team, &bob).await.unwrap();
+    assert!(!user.team_ids.contains(&team));
+    let log = sim.state.request_log();
+    let refused = log.iter().rposition(|r| r.operation_id == "removeOrgTeamUser" && r.status == 400).unwrap();
+    assert!(log[refused..].iter().any(|r| r.operation_id == "getOrgUser" && r.status == 200), "settled by a read");
 
     // RateLimited: the second call in the same 30 s gets 429 + Retry-After.
     sim.state.reset_rate_limits();

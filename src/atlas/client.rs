@@ -499,10 +499,11 @@ impl AtlasClient {
             Ok(answer) => return decode(op, &answer),
             Err(f) => f,
         };
+        // The spec names no errorCode for "already so" (a role already held, a removal of a
+        // non-member): any refusal (409, other 4xx) is settled by reading the user again, so
+        // the outcome rests on Atlas's state, not on a code.
         let class = failure.error.class();
-        let check = class == ErrorClass::Conflict
-            || (failure.after_uncertain_attempt && matches!(class, ErrorClass::Permanent | ErrorClass::Conflict));
-        if check {
+        if matches!(class, ErrorClass::Permanent | ErrorClass::Conflict) {
             let user = self.get_org_user(org_id, user_id).await?;
             if done(&user) {
                 debug!(operation = op.operation_id(), "refused, but already in the wanted state");

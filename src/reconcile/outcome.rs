@@ -7,7 +7,7 @@ use serde::Serialize;
 
 use super::action::{Action, FailureMode};
 pub use crate::atlas::error::ErrorClass;
-use crate::atlas::models::{OrgUser, codes};
+use crate::atlas::models::OrgUser;
 
 /// A failed Atlas call, as the executor saw it. Carries Atlas's own words, never credentials.
 #[derive(Serialize, Clone, Debug, PartialEq, Eq)]
@@ -41,10 +41,6 @@ impl ActionError {
             detail: detail.into(),
             retry_after_secs: None,
         }
-    }
-
-    fn has_code(&self, code: &str) -> bool {
-        self.error_code.as_deref() == Some(code)
     }
 
     /// The condition reason this failure shows.
@@ -145,11 +141,9 @@ pub(crate) fn settle<'a>(action: &Action, outcome: Option<&'a ActionOutcome>) ->
             Action::CreateOrgUser { .. } if e.class == ErrorClass::Conflict => Settled::AlreadyInOrg,
             // Removing what is already gone reached its goal.
             Action::RemoveOrgUser { .. } if e.class == ErrorClass::NotFound => Settled::Done,
-            Action::RemoveTeamUser { .. }
-                if e.has_code(codes::USER_NOT_IN_TEAM) || e.has_code(codes::USER_NOT_IN_ORG) =>
-            {
-                Settled::Done
-            }
+            // The client settles a refused removal by reading the user again; a 404 (user or
+            // team gone) also leaves the user out of the team.
+            Action::RemoveTeamUser { .. } if e.class == ErrorClass::NotFound => Settled::Done,
             _ => Settled::Failed(e),
         },
     }

@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 
 use super::auth::Principal;
 use super::error::ApiFailure;
+use super::error::codes;
 use super::faults::Fault;
 use super::limits::{BucketSpec, Taken};
 use super::observe::LoggedRequest;
@@ -24,7 +25,7 @@ use super::store::{ORG_ROLES, UserRec, names_of};
 use super::{Shared, SimState};
 use crate::atlas::models::{
     AddOrRemoveOrgRole, GroupRoleAssignment, MAX_ITEMS_PER_PAGE, MembershipStatus, OrgUser, OrgUserRequest,
-    OrgUserRoles, OrgUserUpdateRequest, codes,
+    OrgUserRoles, OrgUserUpdateRequest,
 };
 
 /// The connection a request came in on: its peer, and the switch that closes it unanswered.

@@ -12,7 +12,8 @@ use md5::{Digest, Md5};
 use rand::RngCore;
 
 use super::error::ApiFailure;
-use crate::atlas::models::{TokenResponse, codes};
+use super::error::codes;
+use crate::atlas::models::TokenResponse;
 
 /// The realm Atlas names in its digest challenge.
 pub const REALM: &str = "MMS Public API";

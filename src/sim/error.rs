@@ -4,7 +4,51 @@
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::atlas::models::{ApiErrorBody, BadRequestDetail, FieldViolation, codes};
+use crate::atlas::models::{ApiErrorBody, BadRequestDetail, FieldViolation};
+
+/// The `errorCode`s the simulator answers with, each with where it comes from. The simulator
+/// keeps its own list (not the client's) so that a code the client decides on is one the
+/// spec or the protocol summary names, not one this simulator made up. Sources:
+/// `spec` = `../shared/atlas-api/v2.yaml` (`components.responses.*` examples and operation
+/// descriptions), `README` = `../shared/atlas-api/README.md` ("Protocol facts").
+pub(crate) mod codes {
+    /// spec: `components.responses.notFound` example (404).
+    pub const RESOURCE_NOT_FOUND: &str = "RESOURCE_NOT_FOUND";
+    /// spec: `components.responses.badRequest` example (400); README "Errors".
+    pub const VALIDATION_ERROR: &str = "VALIDATION_ERROR";
+    /// spec: `addOrgTeamUser` description ("treated as not belonging to the organization
+    /// (`USER_NOT_IN_ORG`)"); README "Errors". The HTTP status is not given: 400 is ours.
+    pub const USER_NOT_IN_ORG: &str = "USER_NOT_IN_ORG";
+    /// README "Errors" and "Rate limits" (429 of the token buckets).
+    pub const RATE_LIMITED_TOKEN_BUCKET: &str = "RATE_LIMITED_TOKEN_BUCKET";
+    /// spec: `components.responses.tooManyRequests` example (429); README "Errors" (token endpoint).
+    pub const RATE_LIMITED: &str = "RATE_LIMITED";
+    /// README "Errors": HTTP 400, about 10 invitations a minute per IP.
+    pub const INVITATIONS_RATE_LIMITED_IP: &str = "INVITATIONS_RATE_LIMITED_IP";
+    /// spec: `components.responses.internalServerError` example (500).
+    pub const UNEXPECTED_ERROR: &str = "UNEXPECTED_ERROR";
+    /// spec: `components.responses.serviceUnavailable` example (503).
+    pub const SERVICE_UNAVAILABLE: &str = "SERVICE_UNAVAILABLE";
+    /// Not in the spec (406 has no example): our choice. The client decides on the 406.
+    pub const INVALID_VERSION_DATE: &str = "INVALID_VERSION_DATE";
+    /// Not in the spec (415 has no example): our choice. The client decides on the 415.
+    pub const UNSUPPORTED_MEDIA_TYPE: &str = "UNSUPPORTED_MEDIA_TYPE";
+    /// Not in the spec (401 has no example): our choice. The client decides on the 401.
+    pub const UNAUTHORIZED: &str = "UNAUTHORIZED";
+    /// Not in the spec: the 409 of `createOrgUser` (README "Invitations": 409 if, and only
+    /// if, a PENDING or ACTIVE user with that username exists). The client decides on the 409.
+    pub const USER_ALREADY_IN_ORG: &str = "USER_ALREADY_IN_ORG";
+    /// Not in the spec: our choice for refusing to leave an organization without an owner.
+    /// The client re-reads the user after any refusal of a role change and decides on that.
+    pub const CANNOT_REMOVE_LAST_ORG_OWNER: &str = "CANNOT_REMOVE_LAST_ORG_OWNER";
+    /// Not in the spec: our choice for README "Roles" ("a user keeps at least one role").
+    pub const CANNOT_REMOVE_LAST_ORG_ROLE: &str = "CANNOT_REMOVE_LAST_ORG_ROLE";
+    /// Not in the spec: our choice for README "Teams" ("at most 250 users a team").
+    pub const TEAM_USER_LIMIT_EXCEEDED: &str = "TEAM_USER_LIMIT_EXCEEDED";
+    /// Not in the spec: our choice for `:removeUser` of a non-member. The client re-reads the
+    /// user after such a refusal and decides on whether they are still in the team.
+    pub const USER_NOT_IN_TEAM: &str = "USER_NOT_IN_TEAM";
+}
 
 /// One refused request, as Atlas would answer it.
 #[derive(Debug, Clone)]

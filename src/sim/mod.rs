@@ -71,7 +71,8 @@ pub use limits::{BucketSpec, RateLimitConfig};
 pub use observe::{Counters, LoggedRequest};
 pub use store::ORG_ROLES;
 
-use crate::atlas::models::{MembershipStatus, OrgUser, codes};
+use self::error::codes;
+use crate::atlas::models::{MembershipStatus, OrgUser};
 use error::ApiFailure;
 use limits::Limiter;
 use observe::Observations;

@@ -11,8 +11,9 @@ use rand::{RngCore, SeedableRng};
 
 use super::clock::atlas_time;
 use super::error::ApiFailure;
+use super::error::codes;
 use crate::atlas::models::{
-    INVITATION_LIFETIME_DAYS, MembershipStatus, OrgUser, OrgUserRequest, OrgUserRoles, OrgUserUpdateRequest, codes,
+    INVITATION_LIFETIME_DAYS, MembershipStatus, OrgUser, OrgUserRequest, OrgUserRoles, OrgUserUpdateRequest,
 };
 
 /// The organization roles Atlas knows (`OrgUserRolesRequest.orgRoles` enum).
