@@ -147,6 +147,16 @@ fn check_metadata(object: &Value, errors: &mut Vec<FieldError>) {
     }
 }
 
+/// A namespace name: a DNS-1123 label (lowercase letters, digits and '-', at most 63,
+/// starting and ending with a letter or digit).
+pub fn is_dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric()
+}
+
 fn is_dns_subdomain(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 253

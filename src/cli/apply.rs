@@ -21,13 +21,9 @@ fn secret(value: &str) -> Result<SecretString, String> {
     Ok(SecretString::from(value.to_string()))
 }
 
-/// Where the objects come from and how to reach Atlas.
+/// How to reach Atlas: base URL and credentials (shared by `plan`, `apply`, `audit`, `export`).
 #[derive(clap::Args, Debug)]
-pub struct RunArgs {
-    /// Manifest files or folders (the .yaml/.yml/.json files directly inside, in name order);
-    /// multi-document YAML. Secrets among them may provide the credentials.
-    #[arg(short = 'f', long = "filename", value_name = "PATH", required = true, num_args = 1..)]
-    pub paths: Vec<PathBuf>,
+pub struct AtlasArgs {
     /// Atlas base URL (Atlas for Government: https://cloud.mongodbgov.com).
     #[arg(long, env = "ATLAS_URL", default_value = ATLAS_BASE_URL)]
     pub atlas_url: String,
@@ -49,6 +45,17 @@ pub struct RunArgs {
     /// A Secret manifest holding publicApiKey/privateApiKey or clientId/clientSecret.
     #[arg(long, value_name = "FILE")]
     pub credentials_secret: Option<PathBuf>,
+}
+
+/// Where the objects come from and how to reach Atlas.
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Manifest files or folders (the .yaml/.yml/.json files directly inside, in name order);
+    /// multi-document YAML. Secrets among them may provide the credentials.
+    #[arg(short = 'f', long = "filename", value_name = "PATH", required = true, num_args = 1..)]
+    pub paths: Vec<PathBuf>,
+    #[command(flatten)]
+    pub atlas: AtlasArgs,
     /// Run against the built-in Atlas simulator, started here and seeded from the manifests
     /// (their organizations, teams and a few existing users). Nothing leaves this machine.
     #[arg(long)]
@@ -59,6 +66,10 @@ pub struct RunArgs {
     /// Print every event, however many objects there are.
     #[arg(short, long)]
     pub verbose: bool,
+    /// How long before an invitation's expiry the audit (in `plan` and `audit`) reports it as
+    /// expiring soon.
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = humantime::parse_duration)]
+    pub invitation_warning: Duration,
 }
 
 /// `apply` only.
@@ -74,15 +85,17 @@ pub struct ApplyArgs {
 /// Objects above this many get a progress bar and only failures narrated (unless --verbose).
 const NARRATE_UP_TO: usize = 40;
 
-struct Session {
-    input: Input,
-    client: AtlasClient,
-    index: OrgUserIndex,
+pub(super) struct Session {
+    pub(super) input: Input,
+    pub(super) client: AtlasClient,
+    pub(super) index: OrgUserIndex,
     sim: Option<simulate::Simulated>,
     names: Vec<(ObjectId, String)>,
 }
 
-fn credentials(args: &RunArgs, input: &Input) -> Result<(String, Credentials), String> {
+/// The credentials the flags, the environment or (for `plan`/`apply`) the manifests give, and
+/// where they came from.
+pub(super) fn credentials(args: &AtlasArgs, input: Option<&Input>) -> Result<(String, Credentials), String> {
     match (&args.public_key, &args.private_key, &args.client_id, &args.client_secret) {
         (Some(public_key), Some(private_key), None, None) => {
             return Ok((
@@ -104,7 +117,11 @@ fn credentials(args: &RunArgs, input: &Input) -> Result<(String, Credentials), S
     if let Some(file) = &args.credentials_secret {
         return Ok((format!("--credentials-secret {}", file.display()), read_secret_file(file)?));
     }
-    input.referenced_credentials()?.ok_or_else(|| {
+    let referenced = match input {
+        Some(input) => input.referenced_credentials()?,
+        None => None,
+    };
+    referenced.ok_or_else(|| {
         "no Atlas credentials: pass --public-key/--private-key, --client-id/--client-secret (or ATLAS_* \
          variables), --credentials-secret FILE, include the Secret the objects name, or use --simulate"
             .to_string()
@@ -131,7 +148,7 @@ impl Session {
     }
 
     /// Read and validate the input, pick credentials, start the simulator if asked.
-    fn open(args: &RunArgs) -> Result<Self, ExitCode> {
+    pub(super) fn open(args: &RunArgs) -> Result<Self, ExitCode> {
         let input = Input::read(&args.paths);
         for note in &input.notes {
             eprintln!("note: {note}");
@@ -158,12 +175,12 @@ impl Session {
             }
             (sim.handle.base_url(), true, sim.credentials.clone(), Some(sim))
         } else {
-            let (source, credentials) = credentials(args, &input).map_err(|e| {
+            let (source, credentials) = credentials(&args.atlas, Some(&input)).map_err(|e| {
                 eprintln!("error: {e}");
                 ExitCode::from(2)
             })?;
-            eprintln!("Atlas at {}, credentials from {source}", args.atlas_url);
-            (args.atlas_url.clone(), args.insecure_http, credentials, None)
+            eprintln!("Atlas at {}, credentials from {source}", args.atlas.atlas_url);
+            (args.atlas.atlas_url.clone(), args.atlas.insecure_http, credentials, None)
         };
         let mut config = ClientConfig::new(base_url, credentials);
         config.insecure_http = insecure;
@@ -261,6 +278,7 @@ pub async fn plan(args: RunArgs) -> ExitCode {
             println!("  {line}");
         }
     }
+    super::audit::print_audits(&session, args.invitation_warning).await;
     eprintln!("{} object(s), {changes} Atlas call(s) planned; nothing was changed", results.len());
     if failed > 0 {
         eprintln!("{failed} object(s) could not be planned");

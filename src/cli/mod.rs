@@ -8,10 +8,13 @@ use clap::{Parser, Subcommand};
 use crate::api;
 
 mod apply;
+mod audit;
+mod export;
 mod manifests;
 mod simulate;
 
-pub use apply::{ApplyArgs, RunArgs};
+pub use apply::{ApplyArgs, AtlasArgs, RunArgs};
+pub use export::{ExportArgs, seed_demo};
 
 /// MongoDB Atlas organization membership, declared as Kubernetes objects.
 #[derive(Parser, Debug)]
@@ -35,6 +38,12 @@ pub enum Command {
     Plan(RunArgs),
     /// Make Atlas match the manifests (no cluster needed) and print the resulting statuses as YAML.
     Apply(ApplyArgs),
+    /// Who is in each organization the manifests name that no AtlasOrgUser declares, who is
+    /// declared but absent, pending invitations and those expiring soon. Changes nothing.
+    Audit(RunArgs),
+    /// Write an existing organization as manifests (one AtlasOrgUser per user, one
+    /// AtlasTeamMembership per team) that adopt it: applying them changes nothing in Atlas.
+    Export(ExportArgs),
     /// Serve an in-memory Atlas Admin API (the simulator) for tests, demos and benchmarks.
     Sim(crate::sim::cli::SimArgs),
     /// Run the operator: reconcile AtlasOrgUser and AtlasTeamMembership objects in the cluster
@@ -48,6 +57,8 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Crds { out_dir } => crds(out_dir),
         Command::Plan(args) => apply::plan(args).await,
         Command::Apply(args) => apply::apply(args).await,
+        Command::Audit(args) => audit::audit(args).await,
+        Command::Export(args) => export::export(args).await,
         Command::Sim(args) => sim(args).await,
         Command::Run(args) => match crate::controller::run(args).await {
             Ok(()) => ExitCode::SUCCESS,

@@ -15,7 +15,8 @@ use serde::Serialize;
 use crate::api::conditions::HasConditions;
 use crate::api::{AtlasOrgUser, AtlasOrgUserStatus, AtlasTeamMembership, AtlasTeamMembershipStatus, TeamRef};
 use crate::atlas::models::{MembershipStatus, OrgUser, Team, codes};
-use crate::atlas::{AtlasClient, AtlasError};
+use crate::atlas::{AtlasClient, AtlasError, ListOrgUsersQuery};
+use crate::reconcile::export::OrgSnapshot;
 use crate::reconcile::{
     Action, ActionError, ActionOutcome, Claim, ErrorClass, FailureMode, ObservedTeam, OrgUserDirectory, OrgUserInput,
     OrgUserPlan, Plan, TeamInput, TeamPlan, org_user_status, plan_org_user, plan_team_membership,
@@ -271,6 +272,18 @@ pub async fn observe_team(
         Some(found) => members_of(client, org_id, found).await,
         None => Ok(None),
     }
+}
+
+/// Everything `export` needs of one organization: every user (all statuses), every team and
+/// its members. One listing of users, one of teams, one member listing per team.
+pub async fn read_org(client: &AtlasClient, org_id: &str) -> Result<OrgSnapshot, AtlasError> {
+    let users = client.list_org_users(org_id, &ListOrgUsersQuery::all_statuses()).await?;
+    let mut teams = Vec::new();
+    for team in client.list_teams(org_id).await? {
+        let members = client.list_team_users(org_id, &team.id).await?;
+        teams.push((team, members));
+    }
+    Ok(OrgSnapshot { org_id: org_id.to_string(), users, teams })
 }
 
 fn team_key(team: &TeamRef) -> Option<String> {

@@ -13,7 +13,9 @@
 //!    the updated observation; conditions keep `lastTransitionTime` unless they flip.
 
 mod action;
+pub mod audit;
 mod directory;
+pub mod export;
 mod org_user;
 mod outcome;
 mod team;

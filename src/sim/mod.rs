@@ -409,6 +409,14 @@ impl SimState {
         }
     }
 
+    /// Sets a user's roles in one project, bypassing the API (none: not in the project).
+    /// Panics if the organization or user does not exist.
+    pub fn set_project_roles(&self, org_id: &str, user_id: &str, project_id: &str, roles: &[&str]) {
+        if let Err(e) = self.shared.store.lock().seed_project_roles(org_id, user_id, project_id, roles) {
+            panic!("set_project_roles({org_id}, {user_id}, {project_id}): {}", e.detail);
+        }
+    }
+
     /// Creates a team with this id. Panics if the organization does not exist, or the id or
     /// name is taken.
     pub fn add_team_with_id(&self, org_id: &str, team_id: &str, name: &str) {

@@ -667,4 +667,25 @@ impl Store {
         org.teams.push(TeamRec { id: team_id.to_string(), name: name.to_string(), members: Vec::new() });
         Ok(())
     }
+
+    /// Sets a user's roles in one project as they stand (none: not in the project).
+    pub fn seed_project_roles(
+        &mut self,
+        org_id: &str,
+        user_id: &str,
+        project_id: &str,
+        roles: &[&str],
+    ) -> Result<(), ApiFailure> {
+        let org = self.org_mut(org_id)?;
+        let user = org.user_mut(user_id).ok_or_else(|| ApiFailure::not_found("user", user_id))?;
+        let assignments = &mut user.roles.group_role_assignments;
+        assignments.retain(|a| a.group_id.as_deref() != Some(project_id));
+        if !roles.is_empty() {
+            assignments.push(crate::atlas::models::GroupRoleAssignment {
+                group_id: Some(project_id.to_string()),
+                group_roles: roles.iter().map(|r| r.to_string()).collect(),
+            });
+        }
+        Ok(())
+    }
 }
