@@ -314,3 +314,60 @@ fn engine_futures_are_send() {
     assert_send(&reconcile_team_membership(&client, &index, &team, &refs, Mode::Apply, now));
     assert_send(&index.directory(&client, org));
 }
+
+#[tokio::test]
+async fn an_expiring_invitation_is_flagged_once_when_the_clock_enters_the_window() {
+    use atlas_access_operator::engine::flag_expiring_invitation;
+    let (sim, state) = start();
+    let org = state.add_org("acme");
+    let client = client(&sim, RetryPolicy::default());
+    let index = OrgUserIndex::new(Duration::ZERO);
+    let window = Duration::from_secs(7 * 24 * 3600);
+    let mut alice = org_user("alice", &org, "alice@example.com", &[OrgRole::OrgMember]);
+    let reconcile = async |alice: &AtlasOrgUser| {
+        let now = state.now();
+        let mut report = reconcile_org_user(&client, &index, alice, &[], Mode::Apply, now).await.unwrap();
+        flag_expiring_invitation(&mut report, alice.status.as_ref(), now, window);
+        report
+    };
+    let warned = |report: &atlas_access_operator::engine::OrgUserReport| {
+        report.events.iter().filter(|e| e.reason == events::INVITATION_EXPIRING_SOON && e.warning).count()
+    };
+
+    // Invited now: 30 days to go, outside the window.
+    let report = reconcile(&alice).await;
+    assert_eq!(report.status.membership_status.as_deref(), Some("PENDING"));
+    assert!(find(&report.status.conditions, conditions::INVITATION_EXPIRING_SOON).is_none());
+    assert_eq!(warned(&report), 0);
+    alice.status = Some(report.status);
+
+    // 22 days later: 8 days to go, still outside.
+    state.advance_clock(Duration::from_secs(22 * 24 * 3600));
+    let report = reconcile(&alice).await;
+    assert_eq!(warned(&report), 0);
+    alice.status = Some(report.status);
+
+    // 2 more days: 6 days to go: one Warning event, and the condition.
+    state.advance_clock(Duration::from_secs(2 * 24 * 3600));
+    let report = reconcile(&alice).await;
+    assert_eq!(warned(&report), 1, "{:?}", report.events);
+    let condition = find(&report.status.conditions, conditions::INVITATION_EXPIRING_SOON).unwrap().clone();
+    assert_eq!(condition.status, "True");
+    assert!(condition.message.contains(alice.status.as_ref().unwrap().invitation_expires_at.as_deref().unwrap()));
+    assert!(is_true(&report.status.conditions, conditions::READY), "an expiring invitation is not a failure");
+    alice.status = Some(report.status);
+
+    // The next reconcile: the condition stays (same transition time), no second warning.
+    state.advance_clock(Duration::from_secs(3600));
+    let report = reconcile(&alice).await;
+    assert_eq!(warned(&report), 0, "warned once per invitation, not every reconcile");
+    let again = find(&report.status.conditions, conditions::INVITATION_EXPIRING_SOON).unwrap();
+    assert_eq!(again.last_transition_time, condition.last_transition_time);
+    alice.status = Some(report.status);
+
+    // Accepted: the condition goes away.
+    assert!(state.accept_invitation(&org, "alice@example.com"));
+    let report = reconcile(&alice).await;
+    assert_eq!(report.status.membership_status.as_deref(), Some("ACTIVE"));
+    assert!(find(&report.status.conditions, conditions::INVITATION_EXPIRING_SOON).is_none());
+}

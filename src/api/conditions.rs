@@ -7,6 +7,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 pub const READY: &str = "Ready";
 /// Whether the person has accepted the invitation (AtlasOrgUser only).
 pub const INVITATION_ACCEPTED: &str = "InvitationAccepted";
+/// The pending invitation lapses within the warning window (AtlasOrgUser only).
+pub const INVITATION_EXPIRING_SOON: &str = "InvitationExpiringSoon";
 /// kstatus: the controller is working towards the spec.
 pub const RECONCILING: &str = "Reconciling";
 /// kstatus: the controller cannot make progress without a change.

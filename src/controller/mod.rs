@@ -2,6 +2,7 @@
 //! server-side-applied status, events, credentials, leader election and probes. Thin glue
 //! around the same engine (`crate::engine`) the one-shot CLI uses.
 
+pub mod audit;
 pub mod credentials;
 pub mod leader;
 mod object;
@@ -34,6 +35,9 @@ use crate::metrics::ControllerMetrics;
 use crate::reconcile::{ActionError, ActionOutcome};
 use crate::telemetry::LogFormat;
 use credentials::{AtlasClients, CREDENTIALS_LABEL, CREDENTIALS_LABEL_VALUE, CredentialsError};
+
+/// How often the audit gauges are recomputed from the index.
+const AUDIT_PUBLISH_INTERVAL: Duration = Duration::from_secs(15);
 
 /// Name of the controller in events and logs.
 pub const CONTROLLER_NAME: &str = "atlas-access-operator";
@@ -83,6 +87,10 @@ pub struct RunArgs {
     /// Objects reconciled at once, per kind.
     #[arg(long, default_value_t = 8)]
     pub concurrency: u16,
+    /// How long before its expiry a pending invitation gets the InvitationExpiringSoon
+    /// condition and one Warning event.
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    pub invitation_warning: Duration,
 }
 
 /// Everything reconciles share.
@@ -95,6 +103,8 @@ pub struct Context {
     pub org_users: Store<AtlasOrgUser>,
     pub resync_interval: Duration,
     pub deletion_protection: bool,
+    /// How long before its expiry a pending invitation is flagged (`InvitationExpiringSoon`).
+    pub invitation_warning: Duration,
     backoff: Mutex<HashMap<String, u32>>,
 }
 
@@ -221,8 +231,15 @@ impl Context {
             org_users,
             resync_interval,
             deletion_protection,
+            invitation_warning: crate::reconcile::audit::DEFAULT_INVITATION_WARNING,
             backoff: Mutex::default(),
         }
+    }
+
+    /// How long before its expiry a pending invitation is flagged (default 7 days).
+    pub fn with_invitation_warning(mut self, window: Duration) -> Self {
+        self.invitation_warning = window;
+        self
     }
 
     fn next_backoff(&self, key: &str) -> Duration {
@@ -401,6 +418,7 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
     let metrics = ControllerMetrics::register(&mut registry);
     let atlas_metrics = AtlasMetrics::default();
     atlas_metrics.register(&mut registry);
+    let audit_metrics = audit::AuditMetrics::register(&mut registry);
     let ready = Arc::new(AtomicBool::new(false));
     let shutdown = Arc::new(tokio::sync::Notify::new());
     let http_state = crate::http::HttpState { registry: Arc::new(registry), ready: ready.clone() };
@@ -457,6 +475,7 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         org_users: org_users.clone(),
         resync_interval: args.resync_interval,
         deletion_protection: args.deletion_protection,
+        invitation_warning: args.invitation_warning,
         backoff: Mutex::default(),
     });
 
@@ -515,6 +534,8 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         }
     };
     tokio::spawn(readiness);
+    // Audit gauges from the listings the reconciles made: no Atlas call of their own.
+    tokio::spawn(audit::publish_forever(audit_metrics, ctx.clone(), teams.clone(), AUDIT_PUBLISH_INTERVAL));
 
     let signal = {
         let shutdown = shutdown.clone();

@@ -50,6 +50,9 @@ impl Managed for AtlasOrgUser {
         ctx: &Context,
     ) -> Result<Report<Self::Plan, Self::Status>, AtlasError> {
         let rivals = rivals(self, ctx);
-        engine::reconcile_org_user(client, &ctx.index, self, &rivals, Mode::Apply, Timestamp::now()).await
+        let now = Timestamp::now();
+        let mut report = engine::reconcile_org_user(client, &ctx.index, self, &rivals, Mode::Apply, now).await?;
+        engine::flag_expiring_invitation(&mut report, self.status.as_ref(), now, ctx.invitation_warning);
+        Ok(report)
     }
 }

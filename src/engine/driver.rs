@@ -191,7 +191,12 @@ pub async fn run_pass(
         async move {
             let outcome = {
                 let _permit = permits.acquire().await.expect("never closed");
-                Outcome::OrgUser(reconcile_org_user(client, index, object, rivals, mode, now).await)
+                let mut result = reconcile_org_user(client, index, object, rivals, mode, now).await;
+                if let Ok(report) = result.as_mut() {
+                    let window = crate::reconcile::audit::DEFAULT_INVITATION_WARNING;
+                    super::flag_expiring_invitation(report, object.status.as_ref(), now, window);
+                }
+                Outcome::OrgUser(result)
             };
             let _ = done_tx[i].send(true);
             on_done(ObjectId::OrgUser(i), &outcome);

@@ -169,6 +169,12 @@ impl OrgUserIndex {
         }
     }
 
+    /// The organization's last snapshot, however old, without listing (for the audit, which
+    /// must cost no call of its own); None before the first listing.
+    pub fn cached(&self, org_id: &str) -> Option<Arc<OrgUserDirectory>> {
+        self.orgs.lock().expect("index lock").get(org_id)?.state.lock().expect("index lock").snapshot.clone()
+    }
+
     /// Forget the organization's snapshot: the next [`OrgUserIndex::directory`] lists again.
     pub fn invalidate(&self, org_id: &str) {
         let entry = self.entry(org_id);

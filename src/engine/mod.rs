@@ -64,6 +64,7 @@ pub mod events {
     pub const MEMBER_ADDED: &str = "MemberAdded";
     pub const MEMBER_REMOVED: &str = "MemberRemoved";
     pub const USER_REMOVED: &str = "UserRemoved";
+    pub const INVITATION_EXPIRING_SOON: &str = crate::api::conditions::INVITATION_EXPIRING_SOON;
 }
 
 /// What one reconcile of an object did and found.
@@ -407,6 +408,25 @@ fn org_user_events(
     }
     failure_events(&plan.plan, outcomes, &mut events);
     events
+}
+
+/// Mark a pending invitation that lapses within `window`: the `InvitationExpiringSoon`
+/// condition on the status, and a Warning event the first time for that invitation.
+pub fn flag_expiring_invitation(
+    report: &mut OrgUserReport,
+    previous: Option<&AtlasOrgUserStatus>,
+    now: Timestamp,
+    window: Duration,
+) {
+    let Some((condition, news)) =
+        crate::reconcile::audit::invitation_expiry_condition(&report.status, previous, now, window)
+    else {
+        return;
+    };
+    if news {
+        report.events.push(EngineEvent::warning(events::INVITATION_EXPIRING_SOON, condition.message.clone()));
+    }
+    report.status.conditions.push(condition);
 }
 
 /// Observe, plan, (in [`Mode::Apply``]) execute, and build the status of one AtlasOrgUser.

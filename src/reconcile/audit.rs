@@ -78,6 +78,45 @@ pub fn expires_within(user: &OrgUser, now: Timestamp, window: Duration) -> Optio
     (at.duration_since(now) <= window).then_some(at)
 }
 
+/// The `InvitationExpiringSoon` condition of an AtlasOrgUser whose status says PENDING with an
+/// expiry within `window` of `now`, and whether it is news (the previous status did not say
+/// so for this same invitation): the caller then warns once, not every reconcile.
+pub fn invitation_expiry_condition(
+    status: &crate::api::AtlasOrgUserStatus,
+    previous: Option<&crate::api::AtlasOrgUserStatus>,
+    now: Timestamp,
+    window: Duration,
+) -> Option<(k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition, bool)> {
+    use crate::api::conditions::{INVITATION_EXPIRING_SOON, find};
+    if status.membership_status.as_deref() != Some(MembershipStatus::Pending.as_str()) {
+        return None;
+    }
+    let expires_at = status.invitation_expires_at.as_deref()?;
+    let at: Timestamp = expires_at.parse().ok()?;
+    let window_signed = jiff::SignedDuration::try_from(window).unwrap_or(jiff::SignedDuration::MAX);
+    if at.duration_since(now) > window_signed {
+        return None;
+    }
+    let earlier = previous
+        .filter(|p| p.invitation_expires_at.as_deref() == Some(expires_at))
+        .and_then(|p| find(&p.conditions, INVITATION_EXPIRING_SOON))
+        .filter(|c| c.status == "True");
+    let condition = k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+        type_: INVITATION_EXPIRING_SOON.to_string(),
+        status: "True".to_string(),
+        reason: INVITATION_EXPIRING_SOON.to_string(),
+        message: format!(
+            "the invitation expires at {expires_at} (warning window {}); the person has not accepted it yet",
+            humantime::format_duration(window)
+        ),
+        observed_generation: status.observed_generation,
+        last_transition_time: earlier
+            .map(|c| c.last_transition_time.clone())
+            .unwrap_or(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now)),
+    };
+    Some((condition, earlier.is_none()))
+}
+
 /// Audit one organization: `declared` are the usernames of the live AtlasOrgUser objects of
 /// this organization (any case).
 pub fn audit_org<'a>(
