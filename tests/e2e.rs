@@ -253,7 +253,7 @@ async fn operator_end_to_end() {
         assert!(metrics.contains(needle), "metrics lack {needle}:\n{metrics}");
     }
     assert!(
-        metrics.contains("atlas_calls_total{operation=\"createOrgUser\""),
+        metrics.contains("atlas_access_api_calls_total{operation=\"createOrgUser\""),
         "Atlas client metrics missing:\n{metrics}"
     );
 
