@@ -116,10 +116,43 @@ impl Hold {
     }
 
     /// Whether only a change (of spec, annotation or Atlas) ends it: kstatus `Stalled`.
-    /// A pause is deliberate, not stalled.
+    /// A pause is deliberate: it is stalled only while changes wait ([`paused_conditions`]).
     pub fn is_stalled(&self) -> bool {
         !matches!(self, Hold::Paused)
     }
+}
+
+/// The conditions of a paused object. In sync: `Ready=True`, reason `Paused` (kstatus
+/// Current). With changes waiting: `Ready=False` and `Stalled=True`, reason `Paused`, so that
+/// kstatus says Failed with the waiting changes in its message instead of InProgress until a
+/// timeout: nothing will progress until someone removes the annotation.
+pub(crate) fn paused_conditions(
+    desired: &mut Vec<crate::api::conditions::DesiredCondition>,
+    drift: bool,
+    message: String,
+) {
+    use crate::api::conditions::{DesiredCondition, READY, STALLED};
+    desired.push(DesiredCondition::new(READY, !drift, reasons::PAUSED, message.clone()));
+    if drift {
+        desired.push(DesiredCondition::new(STALLED, true, reasons::PAUSED, message));
+    }
+}
+
+/// The `NotInOrg` members whose username no AtlasOrgUser of the namespace declares (a typo,
+/// or a person nobody invites): nothing the operator does will bring them into the org.
+/// `org_user_refs` maps the namespace's AtlasOrgUser names to their usernames.
+pub(crate) fn undeclared_not_in_org(
+    members: &[crate::api::MemberStatus],
+    org_user_refs: &std::collections::BTreeMap<String, String>,
+) -> Vec<String> {
+    let declared: std::collections::BTreeSet<String> = org_user_refs.values().map(|u| username_key(u)).collect();
+    members
+        .iter()
+        .filter(|m| m.state == crate::api::MemberState::NotInOrg && m.org_user_ref.is_none())
+        .filter_map(|m| m.username.as_deref())
+        .filter(|u| !declared.contains(&username_key(u)))
+        .map(str::to_string)
+        .collect()
 }
 
 impl fmt::Display for Hold {

@@ -395,7 +395,7 @@ pub fn org_user_status(
                     }
                     !would.actions.is_empty() || would.hold.is_some()
                 };
-                desired.push(DesiredCondition::new(conditions::READY, !drift, reasons::PAUSED, message));
+                super::paused_conditions(&mut desired, drift, message);
             }
             _ => stalled(&mut desired, hold.reason(), hold.to_string()),
         }

@@ -363,7 +363,7 @@ pub fn team_membership_status(
                     || would.plan.hold.is_some()
                     || would.members.iter().any(|m| !matches!(m.disposition, MemberDisposition::InTeam(_)))
             };
-            desired.push(DesiredCondition::new(conditions::READY, !drift, reasons::PAUSED, message));
+            super::paused_conditions(&mut desired, drift, message);
         } else {
             not_ready(&mut desired, true, hold.reason(), hold.to_string());
         }
@@ -379,14 +379,23 @@ pub fn team_membership_status(
     } else if let Some(hold) = &remaining.plan.hold {
         not_ready(&mut desired, true, hold.reason(), hold.to_string());
     } else if count(MemberState::NotInOrg) > 0 {
-        let message = format!(
+        let undeclared = super::undeclared_not_in_org(&status.members, input.org_user_refs);
+        let mut message = format!(
             "{} of {} member(s) not pending or active in org {}: {}; the others are in the team",
             count(MemberState::NotInOrg),
             status.members.len(),
             input.spec.org_id,
             names(MemberState::NotInOrg)
         );
-        not_ready(&mut desired, false, reasons::MEMBERS_NOT_IN_ORG, message);
+        if !undeclared.is_empty() {
+            message.push_str(&format!(
+                "; no AtlasOrgUser in namespace {} declares {}: fix the username or create one",
+                input.claim.namespace,
+                undeclared.join(", ")
+            ));
+        }
+        // Waiting for an AtlasOrgUser's invitation is progress; a user nobody declares is not.
+        not_ready(&mut desired, !undeclared.is_empty(), reasons::MEMBERS_NOT_IN_ORG, message);
     } else if remaining.members.iter().any(|m| m.disposition == MemberDisposition::Unresolved) {
         let unresolved: Vec<&str> = remaining
             .members
@@ -414,6 +423,8 @@ pub fn team_membership_status(
     }
     let previous = input.previous.map(|s| s.conditions.as_slice()).unwrap_or_default();
     status.conditions = conditions::merge(previous, &desired, input.generation, Time(input.now));
+    let in_team = remaining.members.iter().filter(|m| matches!(m.disposition, MemberDisposition::InTeam(_))).count();
+    status.listed_in_team = Some(crate::api::listed_in_team(in_team, remaining.members.len()));
     status
 }
 
