@@ -28,8 +28,33 @@ pub const PAUSED_ANNOTATION: &str = "atlas-access.dev/paused";
 /// Descriptions are written as sentences: the line breaks of wrapped doc comments are
 /// joined (so `kubectl explain` wraps them itself), paragraphs kept.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![with_sentences(AtlasOrgUser::crd()), with_sentences(AtlasTeamMembership::crd())]
+    vec![
+        with_unobserved_status(with_sentences(AtlasOrgUser::crd())),
+        with_unobserved_status(with_sentences(AtlasTeamMembership::crd())),
+    ]
 }
+
+/// `status` defaults to `{observedGeneration: -1}`: the API server fills it in for an object
+/// the operator has not reconciled yet, so kstatus (Flux `wait: true`, kpt) sees a generation
+/// not yet observed (InProgress) instead of an object without status (Current).
+fn with_unobserved_status(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSON;
+    for version in &mut crd.spec.versions {
+        let status = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+            .and_then(|s| s.properties.as_mut())
+            .and_then(|p| p.get_mut("status"));
+        if let Some(status) = status {
+            status.default = Some(JSON(serde_json::json!({ "observedGeneration": UNOBSERVED_GENERATION })));
+        }
+    }
+    crd
+}
+
+/// `status.observedGeneration` of an object the operator has not reconciled yet.
+pub const UNOBSERVED_GENERATION: i64 = -1;
 
 fn with_sentences(crd: CustomResourceDefinition) -> CustomResourceDefinition {
     fn walk(value: &mut serde_json::Value) {

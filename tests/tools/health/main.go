@@ -13,10 +13,12 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 
 	lua "github.com/yuin/gopher-lua"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	utiljson "k8s.io/apimachinery/pkg/util/json"
 	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
 )
 
@@ -110,8 +112,15 @@ func main() {
 		fmt.Fprintln(os.Stderr, "health:", err)
 		os.Exit(2)
 	}
+	input, err := io.ReadAll(os.Stdin)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "health: reading the objects:", err)
+		os.Exit(2)
+	}
+	// As the API machinery decodes objects: whole numbers become int64 (kstatus and Argo CD
+	// both read generations that way).
 	var objects []map[string]any
-	if err := json.NewDecoder(os.Stdin).Decode(&objects); err != nil {
+	if err := utiljson.Unmarshal(input, &objects); err != nil {
 		fmt.Fprintln(os.Stderr, "health: reading the objects:", err)
 		os.Exit(2)
 	}
