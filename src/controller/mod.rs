@@ -676,3 +676,26 @@ async fn check_atlas_reachable(ctx: &Context) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubernetes_errors_are_sentences_not_debug_dumps() {
+        let status = kube::core::Status {
+            code: 422,
+            reason: "Invalid".into(),
+            message: "AtlasOrgUser.atlas-access.dev \"alice\" is invalid: metadata.finalizers: Forbidden".into(),
+            ..Default::default()
+        };
+        let add = kube::runtime::finalizer::Error::<Error>::AddFinalizer(kube::Error::Api(Box::new(status)));
+        let text = Error::Finalizer(Box::new(add)).to_string();
+        assert_eq!(
+            text,
+            "adding the finalizer atlas-access.dev/cleanup: HTTP 422 Invalid: AtlasOrgUser.atlas-access.dev \
+             \"alice\" is invalid: metadata.finalizers: Forbidden (retried: the object changed since it was read)"
+        );
+        assert!(!text.contains("Status {"), "{text}");
+    }
+}

@@ -268,6 +268,44 @@ mod tests {
     }
 
     #[test]
+    fn org_user_drift_says_what_atlas_had_and_what_the_spec_wants() {
+        use crate::atlas::models::{MembershipStatus, OrgUserRoles};
+        let spec: AtlasOrgUserSpec = serde_json::from_value(serde_json::json!({
+            "orgId": "5f1b2c3d4e5f60718293a4b5", "username": "bob@example.com", "orgRoles": ["ORG_MEMBER"]
+        }))
+        .unwrap();
+        let observed = OrgUser {
+            id: "u1".into(),
+            username: "bob@example.com".into(),
+            org_membership_status: MembershipStatus::Active,
+            roles: OrgUserRoles {
+                org_roles: vec!["ORG_OWNER".into(), "ORG_MEMBER".into()],
+                group_role_assignments: vec![],
+            },
+            ..serde_json::from_value(serde_json::json!({
+                "id": "u1", "username": "bob@example.com", "orgMembershipStatus": "ACTIVE", "roles": {"orgRoles": []}
+            }))
+            .unwrap()
+        };
+        let remove = Action::RemoveOrgRole {
+            org_id: spec.org_id.clone(),
+            user_id: "u1".into(),
+            username: "bob@example.com".into(),
+            role: "ORG_OWNER".into(),
+        };
+        let event = org_user_drift(&spec, Some(&observed), &[remove.clone()], &[ActionOutcome::Done(None)]).unwrap();
+        assert_eq!(
+            event.note,
+            "bob@example.com was changed in Atlas outside the operator; corrected: org roles: Atlas had ORG_MEMBER, \
+             ORG_OWNER, the spec wants ORG_MEMBER"
+        );
+        // A refused correction corrected nothing.
+        let refused =
+            ActionOutcome::Failed(crate::reconcile::ActionError::new(crate::reconcile::ErrorClass::Permanent, "no"));
+        assert_eq!(org_user_drift(&spec, Some(&observed), &[remove], &[refused]), None);
+    }
+
+    #[test]
     fn team_drift_names_each_member() {
         let remove = Action::RemoveTeamUser {
             org_id: "o".into(),
