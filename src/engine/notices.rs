@@ -293,7 +293,8 @@ mod tests {
             username: "bob@example.com".into(),
             role: "ORG_OWNER".into(),
         };
-        let event = org_user_drift(&spec, Some(&observed), &[remove.clone()], &[ActionOutcome::Done(None)]).unwrap();
+        let event = org_user_drift(&spec, Some(&observed), std::slice::from_ref(&remove), &[ActionOutcome::Done(None)])
+            .unwrap();
         assert_eq!(
             event.note,
             "bob@example.com was changed in Atlas outside the operator; corrected: org roles: Atlas had ORG_MEMBER, \
