@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use atlas_access_operator::api::{AtlasOrgUser, AtlasTeamMembership};
 use atlas_access_operator::atlas::models::MembershipStatus;
+use atlas_access_operator::atlas::{AtlasClient, ClientConfig, Credentials};
 use atlas_access_operator::sim::{SimConfig, SimHandle, Simulator};
 use common::cluster::{self, TEST_MANAGER, TestNamespace, wait_for};
 use common::operator::{Operator, grant_shipped_rbac, operator_kubeconfig, unprivileged_user};
@@ -365,9 +366,41 @@ async fn argo_cd_and_kstatus_verdicts_on_real_statuses() {
     assert!(answered["object"].as_str().unwrap().starts_with(&format!("{}/", ns.name)), "{answered}");
     assert!(!logs.contains(PRIVATE_KEY), "a credential reached the log");
 
-    // Metrics: the drift correction is counted.
+    // Drift on a user: someone gives bob an extra org role in Atlas; the operator takes it back
+    // and says what Atlas had and what the spec wants.
+    let by_hand = AtlasClient::new(ClientConfig {
+        insecure_http: true,
+        ..ClientConfig::new(
+            sim.base_url(),
+            Credentials::ApiKey { public_key: PUBLIC_KEY.into(), private_key: PRIVATE_KEY.into() },
+        )
+    })
+    .unwrap();
+    let bob_id = bob["status"]["userId"].as_str().unwrap().to_string();
+    by_hand.add_org_role(ORG, &bob_id, "ORG_BILLING_ADMIN").await.unwrap();
+    let role_drift = wait_for(WAIT, || async {
+        let list = events.list(&ListParams::default()).await.ok()?;
+        list.items.into_iter().find(|e| {
+            e.reason.as_deref() == Some("DriftCorrected")
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("bob")
+        })
+    })
+    .await
+    .unwrap_or_else(|| panic!("no DriftCorrected event for bob:\n{}", operator.logs()));
+    assert_eq!(
+        role_drift.note.as_deref(),
+        Some(
+            "bob@example.com was changed in Atlas outside the operator; corrected: org roles: Atlas had \
+             ORG_BILLING_ADMIN, ORG_MEMBER, the spec wants ORG_MEMBER"
+        )
+    );
+    let roles = state.org_users(ORG).into_iter().find(|u| u.username == "bob@example.com").unwrap().roles.org_roles;
+    assert_eq!(roles, ["ORG_MEMBER"]);
+
+    // Metrics: the drift corrections are counted.
     let (_, metrics) = operator.get("/metrics").await.unwrap();
     assert!(metrics.contains(r#"atlas_access_drift_corrections_total{kind="AtlasTeamMembership"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"atlas_access_drift_corrections_total{kind="AtlasOrgUser"} 1"#), "{metrics}");
 
     // Let the refused deletion go (last resort, as the README says), then clean up.
     let unfinalize = json!({"metadata": {"finalizers": null}});
