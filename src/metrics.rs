@@ -1,5 +1,7 @@
-//! Prometheus metrics of the controller (reconciles, durations, objects by Ready state),
-//! kept in one registry that the Atlas client's metrics join, served on `/metrics`.
+//! Prometheus metrics of the controller (reconciles, durations, objects by Ready state, drift
+//! corrections, leadership, build), kept in one registry that the Atlas client's metrics join,
+//! served on `/metrics`. Everything is named `atlas_access_...`; every counter exists at 0
+//! from start-up.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -29,6 +31,16 @@ pub struct ReadyLabels {
     pub ready: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: String,
+}
+
+/// The kinds the controller reconciles (label `kind`).
+pub const KINDS: [&str; 2] = ["AtlasOrgUser", "AtlasTeamMembership"];
+/// Values of the `outcome` label of `atlas_access_reconciles_total`.
+pub const RECONCILE_OUTCOMES: [&str; 4] = ["success", "rate_limited", "transient_error", "permanent_error"];
+
 fn duration_histogram() -> Histogram {
     // 5 ms .. ~80 s: a reconcile is a few Atlas calls, or a long wait on rate limits.
     Histogram::new(exponential_buckets(0.005, 2.0, 15))
@@ -43,6 +55,13 @@ pub struct ControllerMetrics {
     pub reconcile_duration: Family<KindLabels, Histogram, fn() -> Histogram>,
     pub objects: Family<ReadyLabels, Gauge>,
     pub status_writes: Family<KindLabels, Counter>,
+    /// Writes that reverted a change made in Atlas outside the operator, by kind.
+    pub drift_corrections: Family<KindLabels, Counter>,
+    /// Reconciles running now, by kind.
+    pub in_flight: Family<KindLabels, Gauge>,
+    /// 1 while this instance may write to Atlas (the leader, or leader election off), else 0.
+    pub leader: Gauge,
+    pub build_info: Family<BuildLabels, Gauge>,
     ready_by_object: Arc<Mutex<HashMap<ObjectKey, String>>>,
 }
 
@@ -54,6 +73,10 @@ impl ControllerMetrics {
             reconcile_duration: Family::new_with_constructor(duration_histogram),
             objects: Family::default(),
             status_writes: Family::default(),
+            drift_corrections: Family::default(),
+            in_flight: Family::default(),
+            leader: Gauge::default(),
+            build_info: Family::default(),
             ready_by_object: Arc::default(),
         };
         registry.register("atlas_access_reconciles", "Reconciles by kind and outcome", metrics.reconciles.clone());
@@ -68,7 +91,47 @@ impl ControllerMetrics {
             "Status patches sent to the API server, by kind",
             metrics.status_writes.clone(),
         );
+        registry.register(
+            "atlas_access_drift_corrections",
+            "Atlas writes that reverted a change made outside the operator, by kind",
+            metrics.drift_corrections.clone(),
+        );
+        registry.register(
+            "atlas_access_reconciles_in_flight",
+            "Reconciles running now, by kind",
+            metrics.in_flight.clone(),
+        );
+        registry.register(
+            "atlas_access_leader",
+            "1 while this instance writes to Atlas (it holds the Lease, or leader election is off), else 0",
+            metrics.leader.clone(),
+        );
+        registry.register("atlas_access_build_info", "The operator's version (always 1)", metrics.build_info.clone());
+        metrics.build_info.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION").into() }).set(1);
+        for kind in KINDS {
+            for outcome in RECONCILE_OUTCOMES {
+                let _ =
+                    metrics.reconciles.get_or_create(&KindOutcomeLabels { kind: kind.into(), outcome: outcome.into() });
+            }
+            let _ = metrics.reconcile_duration.get_or_create(&KindLabels { kind: kind.into() });
+            let _ = metrics.status_writes.get_or_create(&KindLabels { kind: kind.into() });
+            let _ = metrics.drift_corrections.get_or_create(&KindLabels { kind: kind.into() });
+            let _ = metrics.in_flight.get_or_create(&KindLabels { kind: kind.into() });
+            for ready in ["True", "False", "Unknown"] {
+                let _ = metrics.objects.get_or_create(&ReadyLabels { kind: kind.into(), ready: ready.into() });
+            }
+        }
         metrics
+    }
+
+    /// Count one Atlas write that reverted an out-of-band change.
+    pub fn drift_corrected(&self, kind: &str) {
+        self.drift_corrections.get_or_create(&KindLabels { kind: kind.into() }).inc();
+    }
+
+    /// Whether this instance writes to Atlas now.
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
     }
 
     /// Count one finished reconcile.
@@ -125,5 +188,28 @@ mod tests {
         let text = encode(&registry);
         assert!(text.contains(r#"atlas_access_reconciles_total{kind="AtlasOrgUser",outcome="success"} 1"#), "{text}");
         assert!(text.contains("atlas_access_reconcile_duration_seconds_bucket"), "{text}");
+    }
+
+    #[test]
+    fn every_counter_exists_at_zero_from_the_start() {
+        let mut registry = Registry::default();
+        let m = ControllerMetrics::register(&mut registry);
+        let text = encode(&registry);
+        for kind in KINDS {
+            for outcome in RECONCILE_OUTCOMES {
+                let line = format!(r#"atlas_access_reconciles_total{{kind="{kind}",outcome="{outcome}"}} 0"#);
+                assert!(text.contains(&line), "{line} missing:\n{text}");
+            }
+            assert!(text.contains(&format!(r#"atlas_access_drift_corrections_total{{kind="{kind}"}} 0"#)), "{text}");
+            assert!(text.contains(&format!(r#"atlas_access_status_writes_total{{kind="{kind}"}} 0"#)), "{text}");
+        }
+        assert!(text.contains("atlas_access_leader 0"), "{text}");
+        let build = format!(r#"atlas_access_build_info{{version="{}"}} 1"#, env!("CARGO_PKG_VERSION"));
+        assert!(text.contains(&build), "{text}");
+        m.set_leader(true);
+        m.drift_corrected("AtlasOrgUser");
+        let text = encode(&registry);
+        assert!(text.contains("atlas_access_leader 1"), "{text}");
+        assert!(text.contains(r#"atlas_access_drift_corrections_total{kind="AtlasOrgUser"} 1"#), "{text}");
     }
 }

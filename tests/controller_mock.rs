@@ -439,9 +439,20 @@ async fn a_younger_object_claiming_the_same_user_leaves_atlas_alone() {
     let run = tokio::spawn(reconcile_org_user(Arc::new(obj.clone()), ctx.clone()));
 
     answer_secret(api.next().await);
+    // A Warning event the first time, naming the owner (`--field-selector type=Warning` finds it).
+    let (type_, reason, note) = answer_event(api.next().await, &obj);
+    assert_eq!((type_.as_str(), reason.as_str()), ("Warning", "Conflict"));
+    assert!(note.contains(&format!("{NS}/alice-first")), "{note}");
     let status: AtlasOrgUserStatus = answer_status_apply(api.next().await, &obj);
     let action = api.finish(run).await.expect("a conflict is a settled state, not an error");
     assert!(requeue_after(&action).is_some());
+
+    // The next resync finds the same Conflict: no second event, no status write.
+    let mut again = obj.clone();
+    again.status = Some(status.clone());
+    let run = tokio::spawn(reconcile_org_user(Arc::new(again), ctx.clone()));
+    answer_secret(api.next().await);
+    api.finish(run).await.expect("still a settled state");
     drop(ctx);
     api.assert_done().await;
 

@@ -55,7 +55,11 @@ fn crd_names_columns_and_categories() {
         .iter()
         .map(|c| c.name.as_str())
         .collect();
-    assert_eq!(cols, ["Username", "Org", "Status", "Ready", "Age"]);
+    assert_eq!(cols, ["Username", "Org", "Status", "Ready", "Reason", "Invitation Expires", "Age", "Message"]);
+    // Message only in `kubectl get -o wide`.
+    let columns = org_user.spec.versions[0].additional_printer_columns.as_ref().unwrap();
+    let wide: Vec<&str> = columns.iter().filter(|c| c.priority == Some(1)).map(|c| c.name.as_str()).collect();
+    assert_eq!(wide, ["Message"]);
     assert!(org_user.spec.versions[0].subresources.as_ref().unwrap().status.is_some());
 
     let team = &crds[1];
@@ -63,7 +67,7 @@ fn crd_names_columns_and_categories() {
     assert_eq!(team.spec.names.short_names.as_deref(), Some(&["atm".to_string()][..]));
     let cols: Vec<&str> =
         team.spec.versions[0].additional_printer_columns.as_ref().unwrap().iter().map(|c| c.name.as_str()).collect();
-    assert_eq!(cols, ["Team", "Members", "Ready", "Age"]);
+    assert_eq!(cols, ["Team", "Listed", "In Team", "Ready", "Reason", "Age", "Message"]);
 }
 
 fn schema_of(crd: &CustomResourceDefinition) -> Value {

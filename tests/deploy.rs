@@ -432,8 +432,9 @@ fn args_are_flags_of_the_run_subcommand() {
         }
         // What was parsed came from the arguments (not from the test's environment).
         assert_eq!(Some(run.atlas_url.as_str()), render.flag("--atlas-url"), "{origin}");
-        assert!(run.atlas_url.starts_with("https://"), "{origin}");
-        assert!(!run.atlas_insecure_http, "{origin}");
+        // Plain http only with the explicit flag (the simulator case).
+        assert_eq!(run.atlas_insecure_http, render.flag("--atlas-insecure-http").is_some(), "{origin}");
+        assert!(run.atlas_url.starts_with("https://") || run.atlas_insecure_http, "{origin}");
         assert_eq!(run.default_credentials_secret.as_deref(), render.flag("--default-credentials-secret"), "{origin}");
         if let Some(secret) = &run.default_credentials_secret {
             let (namespace, name) = secret.split_once('/').unwrap_or_else(|| panic!("{origin}: NAMESPACE/NAME"));

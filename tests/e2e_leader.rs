@@ -108,6 +108,8 @@ async fn only_the_leader_writes_and_a_follower_takes_over() {
     let (_, follower_metrics) = second.get("/metrics").await.unwrap();
     assert!(reconciles(&leader_metrics) > 0, "{leader_metrics}");
     assert_eq!(reconciles(&follower_metrics), 0, "the follower reconciled:\n{follower_metrics}");
+    assert!(leader_metrics.contains("\natlas_access_leader 1\n"), "{leader_metrics}");
+    assert!(follower_metrics.contains("\natlas_access_leader 0\n"), "{follower_metrics}");
     assert_eq!(holder(&admin, &ns.name).await.as_deref(), Some("operator-a"));
 
     // The leader dies without releasing: the follower takes over within the lease time.
@@ -131,6 +133,8 @@ async fn only_the_leader_writes_and_a_follower_takes_over() {
         second.logs()
     );
     assert_eq!(sim.state().org_users(ORG).iter().filter(|u| u.username == "first@example.com").count(), 1);
+    let (_, new_leader_metrics) = second.get("/metrics").await.unwrap();
+    assert!(new_leader_metrics.contains("\natlas_access_leader 1\n"), "{new_leader_metrics}");
 
     second.kill();
     grant.revoke().await;

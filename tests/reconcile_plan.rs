@@ -656,6 +656,7 @@ fn org_user_status_conditions() {
         StatusCase {
             paused: true,
             ready: ("False", "Paused"),
+            kstatus: Some(("Stalled", "Paused")),
             message_has: "1 change(s) waiting, first: add org role ORG_MEMBER",
             ..base(
                 "paused with drift",
@@ -1125,6 +1126,9 @@ fn member_not_in_org_while_the_others_succeed() {
     assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("False", "MembersNotInOrg"));
     assert!(ready.message.contains("dave@example.com"), "{}", ready.message);
     assert_eq!(status.members[3].message.as_deref(), Some("the invitation to the org expired"));
+    // dave is listed by username and no AtlasOrgUser declares him: only a person can fix it.
+    assert_eq!(condition(&status.conditions, conditions::STALLED), ("True".into(), "MembersNotInOrg".into()));
+    assert_eq!(status.listed_in_team.as_deref(), Some("3/4"), "alice, bob and carol are in the team");
 }
 
 #[test]
@@ -1190,7 +1194,9 @@ fn user_not_in_org_from_atlas_is_a_member_state_not_an_object_error() {
     let status = team_membership_status(&input, &plan, &outcomes, &directory, Some(&team));
     assert_eq!(status.members[0].state, MemberState::Member);
     assert_eq!(status.members[1].state, MemberState::NotInOrg);
+    // bob is declared by the AtlasOrgUser "bob": waiting for its invitation is progress.
     assert!(find(&status.conditions, conditions::STALLED).is_none());
+    assert_eq!(condition(&status.conditions, conditions::RECONCILING).0, "True");
 }
 
 #[test]
@@ -1252,8 +1258,27 @@ fn team_status_conditions() {
             in_team: vec![ALICE, STRANGER],
             paused: true,
             ready: ("False", "Paused"),
-            kstatus: None,
+            // Paused with changes waiting is Stalled: kstatus says Failed instead of InProgress forever.
+            kstatus: Some(("Stalled", "Paused")),
             message_has: "remove stranger@example.com",
+        },
+        Case {
+            name: "paused and in sync",
+            spec: team_spec(Additive, vec![by_name("alice@example.com")]),
+            in_team: vec![ALICE],
+            paused: true,
+            ready: ("True", "Paused"),
+            kstatus: None,
+            message_has: "paused by the annotation",
+        },
+        Case {
+            name: "a member not in the org that no AtlasOrgUser declares (a typo): stalled",
+            spec: team_spec(Additive, vec![by_name("alice@example.com"), by_name("dave@example.com")]),
+            in_team: vec![ALICE],
+            paused: false,
+            ready: ("False", "MembersNotInOrg"),
+            kstatus: Some(("Stalled", "MembersNotInOrg")),
+            message_has: "no AtlasOrgUser in namespace team-a declares dave@example.com",
         },
     ];
     for Case { name, spec, in_team, paused, ready, kstatus, message_has: fragment } in cases {

@@ -25,8 +25,64 @@ pub const FINALIZER: &str = "atlas-access.dev/cleanup";
 pub const PAUSED_ANNOTATION: &str = "atlas-access.dev/paused";
 
 /// Both CRDs, in a stable order (the order of `crds/` and of `atlas-access-operator crds`).
+/// Descriptions are written as sentences: the line breaks of wrapped doc comments are
+/// joined (so `kubectl explain` wraps them itself), paragraphs kept.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![AtlasOrgUser::crd(), AtlasTeamMembership::crd()]
+    vec![
+        with_unobserved_status(with_sentences(AtlasOrgUser::crd())),
+        with_unobserved_status(with_sentences(AtlasTeamMembership::crd())),
+    ]
+}
+
+/// `status` defaults to `{observedGeneration: -1}`: the API server fills it in for an object
+/// the operator has not reconciled yet, so kstatus (Flux `wait: true`, kpt) sees a generation
+/// not yet observed (InProgress) instead of an object without status (Current).
+fn with_unobserved_status(mut crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSON;
+    for version in &mut crd.spec.versions {
+        let status = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+            .and_then(|s| s.properties.as_mut())
+            .and_then(|p| p.get_mut("status"));
+        if let Some(status) = status {
+            status.default = Some(JSON(serde_json::json!({ "observedGeneration": UNOBSERVED_GENERATION })));
+        }
+    }
+    crd
+}
+
+/// `status.observedGeneration` of an object the operator has not reconciled yet.
+pub const UNOBSERVED_GENERATION: i64 = -1;
+
+fn with_sentences(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn walk(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, v) in map.iter_mut() {
+                    match v {
+                        serde_json::Value::String(text) if key == "description" => *text = join_wrapped_lines(text),
+                        _ => walk(v),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let mut value = serde_json::to_value(&crd).expect("a CRD always serializes");
+    walk(&mut value);
+    serde_json::from_value(value).expect("only descriptions changed")
+}
+
+/// Join the lines of each paragraph with spaces; paragraphs stay separated by a blank line.
+pub fn join_wrapped_lines(text: &str) -> String {
+    text.split("\n\n")
+        .map(|paragraph| paragraph.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" "))
+        .filter(|p| !p.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n\n")
 }
 
 /// The file name under `crds/` for a CRD.
@@ -43,4 +99,34 @@ pub fn crd_yaml(crd: &CustomResourceDefinition) -> String {
 /// Whether the pause annotation is set to "true" on an object.
 pub fn is_paused(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> bool {
     meta.annotations.as_ref().and_then(|a| a.get(PAUSED_ANNOTATION)).is_some_and(|v| v == "true")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptions_are_sentences() {
+        assert_eq!(
+            join_wrapped_lines("Organization roles the user\nmust have.\n\nAt least one."),
+            "Organization roles the user must have.\n\nAt least one."
+        );
+        for crd in crds() {
+            let yaml = serde_json::to_string(&crd).unwrap();
+            let value: serde_json::Value = serde_json::from_str(&yaml).unwrap();
+            let mut stack = vec![&value];
+            while let Some(v) = stack.pop() {
+                match v {
+                    serde_json::Value::Object(map) => {
+                        if let Some(serde_json::Value::String(d)) = map.get("description") {
+                            assert!(!d.replace("\n\n", "").contains('\n'), "a wrapped description: {d:?}");
+                        }
+                        stack.extend(map.values());
+                    }
+                    serde_json::Value::Array(items) => stack.extend(items),
+                    _ => {}
+                }
+            }
+        }
+    }
 }

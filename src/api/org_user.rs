@@ -49,7 +49,26 @@ wire_enum! {
         json_path = ".status.conditions[?(@.type==\"Ready\")].status",
         description = "Whether Atlas matches the spec"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        description = "Why the object is (not) Ready"
+    ),
+    printcolumn(
+        name = "Invitation Expires",
+        type_ = "string",
+        json_path = ".status.invitationExpiresAt",
+        description = "When the pending invitation lapses (RFC 3339)"
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(
+        name = "Message",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].message",
+        description = "The Ready condition's message, with Atlas's own words",
+        priority = 1
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct AtlasOrgUserSpec {

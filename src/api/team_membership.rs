@@ -41,10 +41,16 @@ wire_enum! {
     doc = "Who is in one MongoDB Atlas team.",
     printcolumn(name = "Team", type_ = "string", json_path = ".status.teamName", description = "Atlas team name"),
     printcolumn(
-        name = "Members",
+        name = "Listed",
+        type_ = "string",
+        json_path = ".status.listedInTeam",
+        description = "Listed members in the team / members listed"
+    ),
+    printcolumn(
+        name = "In Team",
         type_ = "integer",
         json_path = ".status.memberCount",
-        description = "Users Atlas reports in the team"
+        description = "Users Atlas reports in the team, listed or not"
     ),
     printcolumn(
         name = "Ready",
@@ -52,7 +58,20 @@ wire_enum! {
         json_path = ".status.conditions[?(@.type==\"Ready\")].status",
         description = "Whether Atlas matches the spec"
     ),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        description = "Why the object is (not) Ready"
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(
+        name = "Message",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].message",
+        description = "The Ready condition's message, with Atlas's own words",
+        priority = 1
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct AtlasTeamMembershipSpec {
@@ -170,6 +189,10 @@ pub struct AtlasTeamMembershipStatus {
     /// Number of users Atlas reports in the team.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub member_count: Option<i32>,
+    /// How many of the listed members are in the team, out of how many are listed, as
+    /// `IN/LISTED` (e.g. `2/3`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listed_in_team: Option<String>,
     /// Each listed member and where it stands.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<MemberStatus>,
@@ -183,4 +206,9 @@ pub struct AtlasTeamMembershipStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "conditions_schema")]
     pub conditions: Vec<Condition>,
+}
+
+/// `IN/LISTED`, the value of `status.listedInTeam` (e.g. `2/3`).
+pub fn listed_in_team(in_team: usize, listed: usize) -> String {
+    format!("{in_team}/{listed}")
 }

@@ -109,9 +109,11 @@ impl OrgRateLimiter {
         Self { inner: Arc::new(Inner { enabled, window, reserve_fraction: 0.1, buckets: Mutex::new(HashMap::new()) }) }
     }
 
-    /// Wait until a request under `key` may go; returns its permit and how long it waited.
+    /// Wait until a request under `key` may go; returns its permit and how long it waited
+    /// (zero when it went at once: only a request that slept counts as delayed).
     pub async fn acquire(&self, key: &str) -> (OrgPermit, Duration) {
         let started = Instant::now();
+        let mut slept = false;
         loop {
             let wait = {
                 let mut buckets = self.inner.buckets.lock().expect("limiter lock");
@@ -127,9 +129,11 @@ impl OrgRateLimiter {
                 })
             };
             if wait.is_zero() {
-                return (OrgPermit { limiter: self.clone(), key: key.to_string() }, started.elapsed());
+                let waited = if slept { started.elapsed() } else { Duration::ZERO };
+                return (OrgPermit { limiter: self.clone(), key: key.to_string() }, waited);
             }
             tokio::time::sleep(wait).await;
+            slept = true;
         }
     }
 

@@ -7,6 +7,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use super::endpoint::Operation;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OperationLabels {
     pub operation: &'static str,
@@ -23,6 +25,11 @@ pub struct OutcomeLabels {
 pub struct TokenLabels {
     pub outcome: &'static str,
 }
+
+/// Outcomes of a failed call: the client's error classes (`ErrorClass::as_str`).
+const FAILURE_OUTCOMES: [&str; 6] = ["transient", "rate_limited", "conflict", "not_found", "permanent", "auth"];
+/// Failures the retry policy retries.
+const RETRY_CAUSES: [&str; 2] = ["transient", "rate_limited"];
 
 type HistogramFamily = Family<OperationLabels, Histogram, fn() -> Histogram>;
 
@@ -62,42 +69,70 @@ impl Default for AtlasMetrics {
 }
 
 impl AtlasMetrics {
-    /// Register every metric (prefix `atlas_`) into `registry`.
+    /// Register every metric (prefix `atlas_access_api_`, like everything the operator
+    /// exposes) into `registry`, every counter present at 0 for every operation and outcome.
     pub fn register(&self, registry: &mut Registry) {
-        registry.register("atlas_calls", "Atlas API calls by operation and outcome", self.calls.clone());
-        registry.register("atlas_retries", "Atlas API call retries by operation and cause", self.retries.clone());
+        self.initialize();
+        registry.register("atlas_access_api_calls", "Atlas API calls by operation and outcome", self.calls.clone());
         registry.register(
-            "atlas_rate_limited",
+            "atlas_access_api_retries",
+            "Atlas API call retries by operation and cause",
+            self.retries.clone(),
+        );
+        registry.register(
+            "atlas_access_api_rate_limited",
             "Atlas answers asking to slow down (429, 503 with Retry-After, invitation limit)",
             self.rate_limited.clone(),
         );
         registry.register(
-            "atlas_throttled",
-            "Atlas requests delayed by the per-organization limiter",
+            "atlas_access_api_throttled",
+            "Atlas requests the per-organization limiter delayed before sending them",
             self.throttled.clone(),
         );
         registry.register(
-            "atlas_request_duration_seconds",
+            "atlas_access_api_request_duration_seconds",
             "Duration of Atlas HTTP exchanges",
             self.request_duration.clone(),
         );
-        registry.register("atlas_token_fetches", "Service account token fetches", self.token_fetches.clone());
+        registry.register(
+            "atlas_access_api_token_fetches",
+            "Service account token fetches by outcome",
+            self.token_fetches.clone(),
+        );
+    }
+
+    /// Create every counter series at 0, so that alerts see 0 rather than no data.
+    fn initialize(&self) {
+        for op in Operation::ALL {
+            let operation = op.operation_id();
+            for outcome in std::iter::once("success").chain(FAILURE_OUTCOMES) {
+                let _ = self.calls.get_or_create(&OutcomeLabels { operation, outcome });
+            }
+            for outcome in RETRY_CAUSES {
+                let _ = self.retries.get_or_create(&OutcomeLabels { operation, outcome });
+            }
+            let _ = self.rate_limited.get_or_create(&OperationLabels { operation });
+            let _ = self.throttled.get_or_create(&OperationLabels { operation });
+        }
+        for outcome in ["success", "failure"] {
+            let _ = self.token_fetches.get_or_create(&TokenLabels { outcome });
+        }
     }
 
     pub(crate) fn call(&self, operation: &'static str, outcome: &'static str) {
-        self.calls.get_or_create(&OutcomeLabels { operation, outcome }).inc();
+        let _ = self.calls.get_or_create(&OutcomeLabels { operation, outcome }).inc();
     }
 
     pub(crate) fn retry(&self, operation: &'static str, cause: &'static str) {
-        self.retries.get_or_create(&OutcomeLabels { operation, outcome: cause }).inc();
+        let _ = self.retries.get_or_create(&OutcomeLabels { operation, outcome: cause }).inc();
     }
 
     pub(crate) fn rate_limited(&self, operation: &'static str) {
-        self.rate_limited.get_or_create(&OperationLabels { operation }).inc();
+        let _ = self.rate_limited.get_or_create(&OperationLabels { operation }).inc();
     }
 
     pub(crate) fn throttled(&self, operation: &'static str) {
-        self.throttled.get_or_create(&OperationLabels { operation }).inc();
+        let _ = self.throttled.get_or_create(&OperationLabels { operation }).inc();
     }
 
     pub(crate) fn request_duration(&self, operation: &'static str, seconds: f64) {
@@ -105,7 +140,7 @@ impl AtlasMetrics {
     }
 
     pub(crate) fn token_fetch(&self, outcome: &'static str) {
-        self.token_fetches.get_or_create(&TokenLabels { outcome }).inc();
+        let _ = self.token_fetches.get_or_create(&TokenLabels { outcome }).inc();
     }
 
     /// Calls of `operation` that ended in `outcome` so far.
@@ -115,7 +150,7 @@ impl AtlasMetrics {
 
     /// Retries of `operation` so far, whatever the cause.
     pub fn retry_count(&self, operation: &'static str) -> u64 {
-        ["transient", "rate_limited"]
+        RETRY_CAUSES
             .into_iter()
             .map(|outcome| self.retries.get(&OutcomeLabels { operation, outcome }).map_or(0, |c| c.get()))
             .sum()
@@ -157,7 +192,16 @@ mod tests {
         metrics.register(&mut registry);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-        assert!(text.contains(r#"atlas_calls_total{operation="getOrg",outcome="success"} 1"#), "{text}");
-        assert!(text.contains(r#"atlas_request_duration_seconds_count{operation="getOrg"} 1"#), "{text}");
+        assert!(text.contains(r#"atlas_access_api_calls_total{operation="getOrg",outcome="success"} 1"#), "{text}");
+        assert!(text.contains(r#"atlas_access_api_request_duration_seconds_count{operation="getOrg"} 1"#), "{text}");
+        // Registered counters exist at 0 before any call.
+        assert!(
+            text.contains(r#"atlas_access_api_calls_total{operation="createOrgUser",outcome="success"} 0"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"atlas_access_api_retries_total{operation="addOrgTeamUser",outcome="transient"} 0"#));
+        assert!(text.contains(r#"atlas_access_api_throttled_total{operation="listOrgUsers"} 0"#), "{text}");
+        assert!(text.contains(r#"atlas_access_api_token_fetches_total{outcome="failure"} 0"#), "{text}");
+        assert!(!text.contains("\natlas_calls"), "{text}");
     }
 }

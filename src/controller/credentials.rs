@@ -148,7 +148,11 @@ impl AtlasClients {
         let secret = match Api::<Secret>::namespaced(kube.clone(), &ns).get_opt(&name).await {
             Ok(s) => s,
             Err(e) => {
-                return Err(CredentialsError::Unreachable { namespace: ns, name, message: e.to_string() });
+                return Err(CredentialsError::Unreachable {
+                    namespace: ns,
+                    name,
+                    message: super::describe_kube_error(&e),
+                });
             }
         };
         let Some(secret) = secret else {

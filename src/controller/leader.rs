@@ -74,7 +74,9 @@ impl Leadership {
         drop(self.state);
         match tokio::time::timeout(Duration::from_secs(5), self.task).await {
             Ok(Ok(Ok(_))) => tracing::info!("released leadership"),
-            other => tracing::warn!(?other, "releasing leadership did not finish cleanly"),
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "releasing leadership failed"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "the leadership task ended abnormally"),
+            Err(_) => tracing::warn!("releasing leadership did not finish within 5s"),
         }
     }
 }

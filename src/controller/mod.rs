@@ -111,7 +111,7 @@ pub struct Context {
 /// Why a reconcile failed; decides when it is tried again.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("Kubernetes API: {0}")]
+    #[error("Kubernetes API: {}", describe_kube_error(.0))]
     Kube(#[from] kube::Error),
     #[error("{0}")]
     Atlas(#[from] AtlasError),
@@ -121,8 +121,40 @@ pub enum Error {
     Incomplete { message: String, retry_after: Option<Duration>, transient: bool },
     #[error("deletion blocked: {0}")]
     DeletionBlocked(String),
-    #[error("{0}")]
+    #[error("{}", describe_finalizer_error(.0))]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+/// A Kubernetes API error as a sentence: `HTTP 422 Invalid: message` rather than kube's
+/// `Debug` dump of the whole `Status`.
+pub fn describe_kube_error(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => {
+            let mut text = format!("HTTP {}", status.code);
+            if !status.reason.is_empty() {
+                text.push_str(&format!(" {}", status.reason));
+            }
+            if !status.message.is_empty() {
+                text.push_str(&format!(": {}", status.message));
+            }
+            text
+        }
+        other => other.to_string(),
+    }
+}
+
+fn describe_finalizer_error(error: &kube::runtime::finalizer::Error<Error>) -> String {
+    use kube::runtime::finalizer::Error as F;
+    match error {
+        F::ApplyFailed(e) | F::CleanupFailed(e) => e.to_string(),
+        F::AddFinalizer(e) => format!(
+            "adding the finalizer {}: {} (retried: the object changed since it was read)",
+            api::FINALIZER,
+            describe_kube_error(e)
+        ),
+        F::RemoveFinalizer(e) => format!("removing the finalizer {}: {}", api::FINALIZER, describe_kube_error(e)),
+        other => other.to_string(),
+    }
 }
 
 /// When to try again after an error.
@@ -268,7 +300,7 @@ impl Context {
             secondary: None,
         };
         if let Err(e) = self.recorder.publish(&event, &obj.object_ref(&())).await {
-            tracing::warn!(error = %e, reason, "publishing an event failed");
+            tracing::warn!(error = %describe_kube_error(&e), reason, "publishing an event failed");
         }
     }
 }
@@ -291,7 +323,18 @@ fn error_policy<K: Resource<DynamicType = ()>>(obj: Arc<K>, err: &Error, ctx: Ar
         Retry::Backoff => ctx.next_backoff(&key),
         Retry::Slow => jittered(ctx.resync_interval),
     };
-    tracing::warn!(object = %key, error = %err, retry_in = ?delay, "reconcile failed");
+    let object = format!(
+        "{}/{}",
+        obj.meta().namespace.as_deref().unwrap_or_default(),
+        obj.meta().name.as_deref().unwrap_or_default()
+    );
+    tracing::warn!(
+        object = %object,
+        kind = K::kind(&()).as_ref(),
+        retry_in_secs = delay.as_secs(),
+        "reconcile failed: {err}; retrying in {}s",
+        delay.as_secs()
+    );
     Action::requeue(delay)
 }
 
@@ -301,9 +344,20 @@ where
     K: Resource<DynamicType = ()>,
     F: std::future::Future<Output = Result<Action, Error>>,
 {
+    use tracing::Instrument;
     let started = Instant::now();
     let kind = K::kind(&()).to_string();
-    let result = f.await;
+    let object = format!(
+        "{}/{}",
+        obj.meta().namespace.as_deref().unwrap_or_default(),
+        obj.meta().name.as_deref().unwrap_or_default()
+    );
+    // Every line logged during the reconcile carries the object and its kind.
+    let span = tracing::info_span!("reconcile", object = %object, kind = %kind);
+    let in_flight = ctx.metrics.in_flight.get_or_create(&crate::metrics::KindLabels { kind: kind.clone() }).clone();
+    in_flight.inc();
+    let result = f.instrument(span).await;
+    in_flight.dec();
     let outcome = match &result {
         Ok(_) => {
             ctx.reset_backoff(&object_key(obj.as_ref()));
@@ -443,8 +497,10 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
             l = leader::acquire(kube.clone(), &namespace, &args.lease_name, &identity) => l.map_err(|e| e.to_string())?,
             _ = shutdown_signal() => { shutdown.notify_waiters(); return Ok(()); }
         };
+        metrics.set_leader(true);
         Some(acquired)
     } else {
+        metrics.set_leader(true);
         None
     };
 
@@ -554,6 +610,7 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
                 _ = futures::future::join(org_user_run, team_run) => {}
                 _ = leadership.lost() => {
                     lost_leadership = true;
+                    ctx.metrics.set_leader(false);
                     tracing::error!("lost leadership; stopping so that only the new leader writes");
                 }
             }
@@ -639,5 +696,28 @@ async fn check_atlas_reachable(ctx: &Context) {
             Ok(o) => tracing::info!(org = %org, name = %o.name, "Atlas reachable with the default credentials"),
             Err(e) => tracing::warn!(org = %org, error = %e, "Atlas not reachable with the default credentials"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kubernetes_errors_are_sentences_not_debug_dumps() {
+        let status = kube::core::Status {
+            code: 422,
+            reason: "Invalid".into(),
+            message: "AtlasOrgUser.atlas-access.dev \"alice\" is invalid: metadata.finalizers: Forbidden".into(),
+            ..Default::default()
+        };
+        let add = kube::runtime::finalizer::Error::<Error>::AddFinalizer(kube::Error::Api(Box::new(status)));
+        let text = Error::Finalizer(Box::new(add)).to_string();
+        assert_eq!(
+            text,
+            "adding the finalizer atlas-access.dev/cleanup: HTTP 422 Invalid: AtlasOrgUser.atlas-access.dev \
+             \"alice\" is invalid: metadata.finalizers: Forbidden (retried: the object changed since it was read)"
+        );
+        assert!(!text.contains("Status {"), "{text}");
     }
 }

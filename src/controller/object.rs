@@ -72,7 +72,7 @@ async fn write_failure<K: Managed>(api: &Api<K>, obj: &K, ctx: &Context, reason:
     match apply_status(api, &obj.name_any(), obj.current_status(), &status).await {
         Ok(true) => count_status_write::<K>(ctx),
         Ok(false) => {}
-        Err(e) => tracing::warn!(error = %e, "writing the failure status failed"),
+        Err(e) => tracing::warn!(error = %super::describe_kube_error(&e), "writing the failure status failed"),
     }
     ctx.metrics.set_ready(K::KIND, &obj.namespace().unwrap_or_default(), &obj.name_any(), Some("False"));
     ctx.publish(obj, true, reason, message).await;
@@ -99,6 +99,9 @@ async fn converge<K: Managed>(api: &Api<K>, obj: Arc<K>, ctx: &Context, deleting
         }
     };
     for event in &report.events {
+        if event.reason == engine::events::DRIFT_CORRECTED {
+            ctx.metrics.drift_corrected(K::KIND);
+        }
         ctx.publish(obj.as_ref(), event.warning, &event.reason, &event.note).await;
     }
     if deleting && report.finalizer_may_be_removed {

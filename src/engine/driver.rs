@@ -61,8 +61,11 @@ impl Outcome {
     }
 }
 
+/// Stalled on something other than a pause (a paused object with changes waiting is Stalled for
+/// kstatus, but pausing is a choice, not a failure of `apply`).
 fn is_stalled(conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]) -> bool {
-    crate::api::conditions::is_true(conditions, crate::api::conditions::STALLED)
+    crate::api::conditions::find(conditions, crate::api::conditions::STALLED)
+        .is_some_and(|c| c.status == "True" && c.reason != crate::reconcile::reasons::PAUSED)
 }
 
 /// `namespace/name` of an object's metadata.

@@ -5,6 +5,7 @@
 
 pub mod driver;
 pub mod index;
+pub mod notices;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -65,6 +66,8 @@ pub mod events {
     pub const MEMBER_REMOVED: &str = "MemberRemoved";
     pub const USER_REMOVED: &str = "UserRemoved";
     pub const INVITATION_EXPIRING_SOON: &str = crate::api::conditions::INVITATION_EXPIRING_SOON;
+    /// Atlas had been changed outside the operator; the operator changed it back.
+    pub const DRIFT_CORRECTED: &str = "DriftCorrected";
 }
 
 /// What one reconcile of an object did and found.
@@ -444,12 +447,14 @@ pub async fn reconcile_org_user(
     let directory = index.shared_directory(client, org_id).await?;
     let input = OrgUserInput::from_object(object, &directory, rivals, now);
     let plan = plan_org_user(&input);
+    let asked_by = driver::display_name(&object.metadata);
     // This user's record, kept up to date with what the calls return.
     let mut mine = OrgUserDirectory::new(input.observed.cloned());
     let outcomes = match mode {
         Mode::PlanOnly => Vec::new(),
         Mode::Apply => {
             execute_observed(client, &plan.plan, |action, outcome, existing| {
+                notices::audit("AtlasOrgUser", &asked_by, action, outcome);
                 index.apply(org_of(action), action, outcome);
                 mine.apply(action, outcome);
                 if let Some(user) = existing {
@@ -462,7 +467,16 @@ pub async fn reconcile_org_user(
     };
     let fresh = mine.get(&object.spec.username);
     let status = org_user_status(&input, &plan, &outcomes, fresh);
-    let events = org_user_events(&input, &plan, &outcomes, fresh);
+    let mut events = org_user_events(&input, &plan, &outcomes, fresh);
+    if let Some(previous) = input.previous
+        && !plan.plan.deleting
+        && notices::was_in_sync(&previous.conditions, previous.observed_generation, input.generation)
+    {
+        let drift = notices::org_user_drift(&object.spec, input.observed, &plan.plan.actions, &outcomes);
+        notices::fold_drift(&mut events, drift);
+    }
+    let previous_conditions = input.previous.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    events.extend(notices::condition_warning(previous_conditions, &status.conditions));
     Ok(OrgUserReport {
         finalizer_may_be_removed: mode == Mode::Apply && plan.plan.finalizer_may_be_removed(&outcomes),
         requeue_after: earliest_retry(&outcomes),
@@ -513,9 +527,11 @@ pub async fn reconcile_team_membership(
     let input = TeamInput::from_object(object, team.as_ref(), &directory, org_user_refs, now);
     let plan = plan_team_membership(&input);
     let mut fresh_team = team.clone();
+    let asked_by = driver::display_name(&object.metadata);
     let (outcomes, fresh_directory) = if mode == Mode::Apply && !plan.plan.actions.is_empty() {
         let mut fresh_directory = directory.as_ref().clone();
         let outcomes = execute_observed(client, &plan.plan, |action, outcome, _| {
+            notices::audit("AtlasTeamMembership", &asked_by, action, outcome);
             index.apply(org_of(action), action, outcome);
             fresh_directory.apply(action, outcome);
             if let Some(team) = fresh_team.as_mut() {
@@ -528,7 +544,16 @@ pub async fn reconcile_team_membership(
         (Vec::new(), std::borrow::Cow::Borrowed(directory.as_ref()))
     };
     let status = team_membership_status(&input, &plan, &outcomes, &fresh_directory, fresh_team.as_ref());
-    let events = team_events(&plan, &outcomes, fresh_team.as_ref().or(team.as_ref()));
+    let mut events = team_events(&plan, &outcomes, fresh_team.as_ref().or(team.as_ref()));
+    if let Some(previous) = input.previous
+        && !plan.plan.deleting
+        && notices::was_in_sync(&previous.conditions, previous.observed_generation, input.generation)
+    {
+        let name = fresh_team.as_ref().or(team.as_ref()).map(|t| t.name.clone()).unwrap_or_default();
+        notices::fold_drift(&mut events, notices::team_drift(&name, &plan.plan.actions, &outcomes));
+    }
+    let previous_conditions = input.previous.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    events.extend(notices::condition_warning(previous_conditions, &status.conditions));
     Ok(TeamReport {
         finalizer_may_be_removed: mode == Mode::Apply && plan.plan.finalizer_may_be_removed(&outcomes),
         requeue_after: earliest_retry(&outcomes),

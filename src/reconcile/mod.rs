@@ -129,10 +129,43 @@ impl Hold {
     }
 
     /// Whether only a change (of spec, annotation or Atlas) ends it: kstatus `Stalled`.
-    /// A pause is deliberate, not stalled.
+    /// A pause is deliberate: it is stalled only while changes wait ([`paused_conditions`]).
     pub fn is_stalled(&self) -> bool {
         !matches!(self, Hold::Paused)
     }
+}
+
+/// The conditions of a paused object. In sync: `Ready=True`, reason `Paused` (kstatus
+/// Current). With changes waiting: `Ready=False` and `Stalled=True`, reason `Paused`, so that
+/// kstatus says Failed with the waiting changes in its message instead of InProgress until a
+/// timeout: nothing will progress until someone removes the annotation.
+pub(crate) fn paused_conditions(
+    desired: &mut Vec<crate::api::conditions::DesiredCondition>,
+    drift: bool,
+    message: String,
+) {
+    use crate::api::conditions::{DesiredCondition, READY, STALLED};
+    desired.push(DesiredCondition::new(READY, !drift, reasons::PAUSED, message.clone()));
+    if drift {
+        desired.push(DesiredCondition::new(STALLED, true, reasons::PAUSED, message));
+    }
+}
+
+/// The `NotInOrg` members whose username no AtlasOrgUser of the namespace declares (a typo,
+/// or a person nobody invites): nothing the operator does will bring them into the org.
+/// `org_user_refs` maps the namespace's AtlasOrgUser names to their usernames.
+pub(crate) fn undeclared_not_in_org(
+    members: &[crate::api::MemberStatus],
+    org_user_refs: &std::collections::BTreeMap<String, String>,
+) -> Vec<String> {
+    let declared: std::collections::BTreeSet<String> = org_user_refs.values().map(|u| username_key(u)).collect();
+    members
+        .iter()
+        .filter(|m| m.state == crate::api::MemberState::NotInOrg && m.org_user_ref.is_none())
+        .filter_map(|m| m.username.as_deref())
+        .filter(|u| !declared.contains(&username_key(u)))
+        .map(str::to_string)
+        .collect()
 }
 
 impl fmt::Display for Hold {
@@ -221,10 +254,14 @@ impl fmt::Display for Plan {
     }
 }
 
-/// The `Ready` condition of a paused object: ready only while Atlas already matches what the
-/// object would do unpaused. `unpaused` plans as if the annotation were gone and says whether
+/// The conditions of a paused object ([`paused_conditions`]): ready only while Atlas already
+/// matches what the object would do unpaused. `unpaused` plans as if the annotation were gone and says whether
 /// anything beyond the plan's actions and hold still differs (a team member not yet in).
-fn paused_condition(deleting: bool, unpaused: impl FnOnce() -> (Plan, bool)) -> conditions_api::DesiredCondition {
+fn paused_condition(
+    desired: &mut Vec<conditions_api::DesiredCondition>,
+    deleting: bool,
+    unpaused: impl FnOnce() -> (Plan, bool),
+) {
     let mut message = Hold::Paused.to_string();
     let drift = if deleting {
         message.push_str("; deletion waits until the annotation is removed (or deletionPolicy is Orphan)");
@@ -236,5 +273,5 @@ fn paused_condition(deleting: bool, unpaused: impl FnOnce() -> (Plan, bool)) -> 
         }
         !would.actions.is_empty() || would.hold.is_some() || other_drift
     };
-    conditions_api::DesiredCondition::new(conditions_api::READY, !drift, reasons::PAUSED, message)
+    paused_conditions(desired, drift, message);
 }

@@ -374,10 +374,10 @@ pub fn org_user_status(
         }
     } else if let Some(hold) = &plan.plan.hold {
         match hold {
-            Hold::Paused => desired.push(paused_condition(input.deleting, || {
+            Hold::Paused => paused_condition(&mut desired, input.deleting, || {
                 let unpaused = OrgUserInput { paused: false, ..input.with_observed(fresh) };
                 (plan_org_user(&unpaused).plan, false)
-            })),
+            }),
             _ => stalled(&mut desired, hold.reason(), hold.to_string()),
         }
     } else if already_in_org {

@@ -342,12 +342,12 @@ pub fn team_membership_status(
         not_ready(&mut desired, !error.waiting_may_fix(), error.reason(), message);
     } else if let Some(hold) = &plan.plan.hold {
         if *hold == Hold::Paused {
-            desired.push(paused_condition(input.deleting, || {
+            paused_condition(&mut desired, input.deleting, || {
                 let would = plan_team_membership(&TeamInput { paused: false, ..fresh_input.clone() });
                 let members_differ =
                     would.members.iter().any(|m| !matches!(m.disposition, MemberDisposition::InTeam(_)));
                 (would.plan, members_differ)
-            }));
+            });
         } else {
             not_ready(&mut desired, true, hold.reason(), hold.to_string());
         }
@@ -363,14 +363,23 @@ pub fn team_membership_status(
     } else if let Some(hold) = &remaining.plan.hold {
         not_ready(&mut desired, true, hold.reason(), hold.to_string());
     } else if count(MemberState::NotInOrg) > 0 {
-        let message = format!(
+        let undeclared = super::undeclared_not_in_org(&status.members, input.org_user_refs);
+        let mut message = format!(
             "{} of {} member(s) not pending or active in org {}: {}; the others are in the team",
             count(MemberState::NotInOrg),
             status.members.len(),
             input.spec.org_id,
             names(MemberState::NotInOrg)
         );
-        not_ready(&mut desired, false, reasons::MEMBERS_NOT_IN_ORG, message);
+        if !undeclared.is_empty() {
+            message.push_str(&format!(
+                "; no AtlasOrgUser in namespace {} declares {}: fix the username or create one",
+                input.claim.namespace,
+                undeclared.join(", ")
+            ));
+        }
+        // Waiting for an AtlasOrgUser's invitation is progress; a user nobody declares is not.
+        not_ready(&mut desired, !undeclared.is_empty(), reasons::MEMBERS_NOT_IN_ORG, message);
     } else if remaining.members.iter().any(|m| m.disposition == MemberDisposition::Unresolved) {
         let unresolved: Vec<&str> = remaining
             .members
@@ -398,6 +407,8 @@ pub fn team_membership_status(
     }
     let previous = input.previous.map(|s| s.conditions.as_slice()).unwrap_or_default();
     status.conditions = conditions::merge(previous, &desired, input.generation, Time(input.now));
+    let in_team = remaining.members.iter().filter(|m| matches!(m.disposition, MemberDisposition::InTeam(_))).count();
+    status.listed_in_team = Some(crate::api::listed_in_team(in_team, remaining.members.len()));
     status
 }
 

@@ -8,6 +8,7 @@ pub mod kube_mock;
 pub mod manifests;
 pub mod operator;
 pub mod sim;
+pub mod tools;
 
 use std::sync::Once;
 

@@ -136,10 +136,12 @@ impl Operator {
         let log = std::env::temp_dir().join(format!("aao-operator-{}-{}.log", std::process::id(), http.port()));
         let file = std::fs::File::create(&log).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_atlas-access-operator"));
+        command.arg("run").arg(format!("--http-bind={http}"));
+        // Plain text unless the test asks for another format.
+        if !args.iter().any(|a| a.starts_with("--log-format")) {
+            command.arg("--log-format=plain");
+        }
         command
-            .arg("run")
-            .arg(format!("--http-bind={http}"))
-            .arg("--log-format=plain")
             .args(args)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,atlas_access_operator=debug,kube_lease_manager=info")

@@ -1,6 +1,10 @@
-"""The Helm chart, through the real Helm v4 engine (helm-python-sdk): lint, renders of every
-documented values set, refusal of bad values, documentation of every value, and the generated
-files (deploy/manifests/, tests/helm/rendered/) in step with the chart.
+"""The Helm chart's structure, through the Helm v4 engine (helm-python-sdk): every value documented,
+set by some values case and named by the schema, renders of every case, and the generated files
+(deploy/manifests/, tests/helm/rendered/) in step with the chart.
+
+What users run is tested with the real Helm CLI (v3) in tests/helm_cli.rs: lint --strict and
+template of every values case, refusal of bad values, kubeVersion, install / upgrade /
+uninstall against a real API server.
 
 The rendered objects are parsed into k8s-openapi types, and their RBAC is held to the calls the
 code makes, by tests/deploy.rs (Rust) from tests/helm/rendered/ and deploy/manifests/.
@@ -16,24 +20,6 @@ import pytest
 import yaml
 
 import render_manifests as rm
-
-WARNING = 2
-
-
-def lint_findings(values: dict) -> list[dict]:
-    report = helm.lint(rm.CHART_DIR, values, strict=True, namespace=rm.RELEASE_NAMESPACE)
-    return [m for m in report["messages"] if m["severity"] >= WARNING] + [{"error": e} for e in report["errors"]]
-
-
-@pytest.mark.parametrize("case", rm.cases())
-def test_lint_is_clean(case):
-    assert lint_findings(rm.load_values(case)) == []
-
-
-def test_lint_reports_bad_values():
-    findings = lint_findings({"logFormat": "text"})
-    assert any("/logFormat" in f["error"] for f in findings), findings
-
 
 # Free-form maps (Kubernetes fields passed through as they are): a case sets the map as a whole.
 FREE_FORM = {"resources", "podSecurityContext", "securityContext", "podAnnotations", "podLabels",
@@ -72,29 +58,6 @@ def test_every_case_renders_named_objects(case):
         assert doc["apiVersion"] and doc["metadata"]["name"], doc
         if doc["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
             assert doc["metadata"].get("namespace"), f"{doc['kind']} {doc['metadata']['name']} has no namespace"
-
-
-@pytest.mark.parametrize(
-    ("values", "message"),
-    [
-        ({"logFormat": "text"}, "/logFormat"),
-        ({"resyncInterval": "5 minutes"}, "/resyncInterval"),
-        ({"replicas": "two"}, "/replicas"),
-        ({"watch": {"namespaces": ["a"]}}, "namespaces"),
-        ({"unknownKey": True}, "unknownKey"),
-        ({"credentials": {"create": True, "publicApiKey": "k", "privateApiKey": "p"}}, "credentials.secretName is required"),
-        ({"credentials": {"create": True, "secretName": "s"}}, "needs publicApiKey/privateApiKey or clientId/clientSecret"),
-        (
-            {"credentials": {"create": True, "secretName": "s", "publicApiKey": "k", "clientId": "c"}},
-            "not both",
-        ),
-        ({"credentials": {"create": True, "secretName": "s", "clientId": "c"}}, "clientSecret is required"),
-        ({"serviceAccount": {"create": False}}, "serviceAccount.name is required"),
-    ],
-)
-def test_bad_values_are_refused(values, message):
-    with pytest.raises(helm.HelmError, match=re.escape(message)):
-        rm.render(values)
 
 
 def test_every_value_is_documented():

@@ -23,10 +23,17 @@ app.kubernetes.io/name: {{ include "atlas-access-operator.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
-{{/* Labels on every object. */}}
+{{/* Chart name and version, as the helm.sh/chart label wants them. */}}
+{{- define "atlas-access-operator.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels on every object: Helm's standard set. */}}
 {{- define "atlas-access-operator.labels" -}}
+helm.sh/chart: {{ include "atlas-access-operator.chart" . }}
 {{ include "atlas-access-operator.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/component: controller
 app.kubernetes.io/part-of: atlas-access-operator
 {{- end }}
