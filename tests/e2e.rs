@@ -261,6 +261,32 @@ async fn operator_end_to_end() {
         metrics.contains("atlas_access_api_calls_total{operation=\"createOrgUser\""),
         "Atlas client metrics missing:\n{metrics}"
     );
+    // The audit of the organization, from the listings the reconciles made: one series per
+    // organization and figure, values as Atlas and the declared objects say.
+    let in_org: Vec<String> = state
+        .org_users(ORG)
+        .into_iter()
+        .filter(|u| u.org_membership_status.is_in_org())
+        .map(|u| u.username.to_lowercase())
+        .collect();
+    let declared = ["alice@example.com", "bob@example.com"];
+    let unmanaged = in_org.iter().filter(|u| !declared.contains(&u.as_str())).count();
+    let gauge = |name: &str, value: usize| format!("atlas_access_org_{name}{{org_id=\"{ORG}\"}} {value}");
+    let wanted = [gauge("users", in_org.len()), gauge("unmanaged_users", unmanaged), gauge("declared_absent_users", 0)];
+    let mut scraped = String::new();
+    for _ in 0..40 {
+        scraped = operator.get("/metrics").await.unwrap().1;
+        if wanted.iter().all(|w| scraped.contains(w.as_str())) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    for w in &wanted {
+        assert!(scraped.contains(w.as_str()), "metrics lack {w}:\n{scraped}");
+    }
+    for name in ["pending_invitations", "invitations_expiring"] {
+        assert!(scraped.contains(&format!("atlas_access_org_{name}{{org_id=\"{ORG}\"}}")), "no {name} gauge");
+    }
 
     // Deletion: the finalizer removes alice from the org; bob (Orphan) stays in Atlas.
     let teams_api = teams.clone();

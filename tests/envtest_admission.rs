@@ -108,3 +108,31 @@ async fn immutable_fields_cannot_change() {
     assert!(err.to_string().contains("orgId is immutable"), "{err}");
     ns.cleanup().await;
 }
+
+/// What `export` writes for an existing organization is admitted as is by the real API
+/// server (`kubectl create`: strict field validation), users before the teams naming them.
+#[tokio::test]
+async fn exported_manifests_are_admitted() {
+    use atlas_access_operator::reconcile::export::{ExportOptions, export_org};
+    let sim = common::sim::start(common::sim::config());
+    let org = atlas_access_operator::cli::seed_demo(&sim.state);
+    let atlas = common::atlas::client(&sim, common::atlas::api_key());
+    let snapshot = atlas_access_operator::engine::read_org(&atlas, &org).await.unwrap();
+    let exported = export_org(&snapshot, &ExportOptions::default());
+    assert!(exported.org_users.len() >= 4 && exported.team_memberships.len() >= 2);
+
+    let client = cluster::admin_client().await;
+    cluster::install_crds(&client).await;
+    let ns = TestNamespace::new(&client, "admission-export").await;
+    let manifests = exported
+        .org_users
+        .iter()
+        .map(|o| serde_json::to_value(o).unwrap())
+        .chain(exported.team_memberships.iter().map(|o| serde_json::to_value(o).unwrap()));
+    for manifest in manifests {
+        let name = manifest["metadata"]["name"].clone();
+        let created = create(&client, &ns.name, manifest.clone()).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(created.data["spec"], manifest["spec"], "{name}: admitted unchanged");
+    }
+    ns.cleanup().await;
+}

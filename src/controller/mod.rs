@@ -36,7 +36,8 @@ use crate::reconcile::{ActionError, ActionOutcome};
 use crate::telemetry::LogFormat;
 use credentials::{AtlasClients, CREDENTIALS_LABEL, CREDENTIALS_LABEL_VALUE, CredentialsError};
 
-/// How often the audit gauges are recomputed from the index.
+/// How often, at most, the audit gauges are recomputed from the index (more often when the
+/// index is refreshed more often).
 const AUDIT_PUBLISH_INTERVAL: Duration = Duration::from_secs(15);
 
 /// Name of the controller in events and logs.
@@ -591,7 +592,8 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
     };
     tokio::spawn(readiness);
     // Audit gauges from the listings the reconciles made: no Atlas call of their own.
-    tokio::spawn(audit::publish_forever(audit_metrics, ctx.clone(), teams.clone(), AUDIT_PUBLISH_INTERVAL));
+    let audit_every = args.index_refresh_interval.clamp(Duration::from_secs(1), AUDIT_PUBLISH_INTERVAL);
+    tokio::spawn(audit::publish_forever(audit_metrics, ctx.clone(), teams.clone(), audit_every));
 
     let signal = {
         let shutdown = shutdown.clone();
