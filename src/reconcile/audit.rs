@@ -178,21 +178,21 @@ impl std::fmt::Display for OrgAudit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let list = |n: &NamedCount| {
             let more = n.count.saturating_sub(n.first.len());
-            let mut text = n.first.join(", ");
+            let mut text = if n.first.is_empty() { String::new() } else { format!("  {}", n.first.join(", ")) };
             if more > 0 {
                 text.push_str(&format!(" and {more} more"));
             }
             text
         };
         writeln!(f, "organization {}: {} users, {} managed", self.org_id, self.users, self.managed)?;
-        writeln!(f, "  unmanaged (in Atlas, no AtlasOrgUser): {}  {}", self.unmanaged.count, list(&self.unmanaged))?;
+        writeln!(f, "  unmanaged (in Atlas, no AtlasOrgUser): {}{}", self.unmanaged.count, list(&self.unmanaged))?;
         writeln!(
             f,
-            "  declared, not in the organization: {}  {}",
+            "  declared, not in the organization: {}{}",
             self.declared_absent.count,
             list(&self.declared_absent)
         )?;
-        writeln!(f, "  pending invitations: {}  {}", self.pending.count, list(&self.pending))?;
+        writeln!(f, "  pending invitations: {}{}", self.pending.count, list(&self.pending))?;
         writeln!(f, "  invitations expiring soon: {}", self.expiring_count)?;
         for e in &self.expiring {
             let who = if e.managed { "managed: re-invited on expiry" } else { "unmanaged" };
