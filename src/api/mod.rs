@@ -5,11 +5,13 @@
 mod common;
 pub mod conditions;
 mod org_user;
+mod organization;
 mod team_membership;
 pub mod validation;
 
 pub use common::*;
 pub use org_user::*;
+pub use organization::*;
 pub use team_membership::*;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -24,9 +26,9 @@ pub const FINALIZER: &str = "atlas-access.dev/cleanup";
 /// Annotation that stops all writes to Atlas for one object.
 pub const PAUSED_ANNOTATION: &str = "atlas-access.dev/paused";
 
-/// Both CRDs, in a stable order (the order of `crds/` and of `atlas-access-operator crds`).
+/// Every CRD, in a stable order (the order of `crds/` and of `atlas-access-operator crds`).
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![AtlasOrgUser::crd(), AtlasTeamMembership::crd()]
+    vec![AtlasOrgUser::crd(), AtlasTeamMembership::crd(), AtlasOrganization::crd()]
 }
 
 /// The file name under `crds/` for a CRD.
