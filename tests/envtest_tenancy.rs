@@ -363,6 +363,7 @@ async fn tenancy_controller_then_admission() {
         .await
         .expect("the admission policy never refused a namespace the organization does not allow");
     assert!(refusal.contains(&format!("ValidatingAdmissionPolicy '{POLICY}'")), "names the policy: {refusal}");
+    eprintln!("admission refusal as the API server words it: {refusal}");
     assert!(
         refusal.contains(&format!("namespace {} may not manage Atlas organization {org}", outside.name)),
         "{refusal}"
