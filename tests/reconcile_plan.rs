@@ -613,11 +613,26 @@ fn org_user_status_conditions() {
             )
         },
         StatusCase {
+            rivals: vec![Claim::new("team-a", "older", Some(at("2025-01-01T00:00:00Z")))],
+            ready: ("False", "Conflict"),
+            kstatus: Some(("Stalled", "Conflict")),
+            message_has: "team-a/older",
+            ..base(
+                "conflict names an owner in the same namespace",
+                spec(&[OrgRole::OrgMember]),
+                Some(alice(Active, &["ORG_MEMBER"])),
+            )
+        },
+        StatusCase {
             rivals: vec![Claim::new("team-b", "older", Some(at("2025-01-01T00:00:00Z")))],
             ready: ("False", "Conflict"),
             kstatus: Some(("Stalled", "Conflict")),
-            message_has: "team-b/older",
-            ..base("conflict names the owner", spec(&[OrgRole::OrgMember]), Some(alice(Active, &["ORG_MEMBER"])))
+            message_has: "an object in another namespace (older) already manages",
+            ..base(
+                "conflict never names an object in another namespace",
+                spec(&[OrgRole::OrgMember]),
+                Some(alice(Active, &["ORG_MEMBER"])),
+            )
         },
         StatusCase {
             failure: Some((1, last_owner_refusal())),
