@@ -57,6 +57,32 @@ impl CredentialsError {
         }
     }
 
+    /// The namespace of the Secret it is about, if any.
+    pub fn namespace(&self) -> Option<&str> {
+        match self {
+            Self::Missing { namespace, .. }
+            | Self::Invalid { namespace, .. }
+            | Self::NotGranted { namespace, .. }
+            | Self::Unreachable { namespace, .. } => Some(namespace),
+            Self::NotConfigured | Self::NoOperatorNamespace { .. } => None,
+        }
+    }
+
+    /// The message for an object in `viewer_namespace`: a Secret in another namespace (its
+    /// AtlasOrganization's, or the default) is not named, only who owns it.
+    pub fn seen_from(&self, viewer_namespace: &str, organization: Option<&str>) -> String {
+        match self.namespace() {
+            Some(ns) if ns != viewer_namespace => match organization {
+                Some(org) => format!(
+                    "the credentials of AtlasOrganization {org} are not usable ({}); its status says why",
+                    self.reason()
+                ),
+                None => format!("the operator's default credentials are not usable ({})", self.reason()),
+            },
+            _ => self.to_string(),
+        }
+    }
+
     /// Whether trying again soon can help (an API server hiccup), as opposed to waiting for a change.
     pub fn is_transient(&self) -> bool {
         matches!(self, Self::Unreachable { .. })
@@ -298,6 +324,19 @@ mod tests {
         let data: BTreeMap<String, ByteString> =
             pairs.iter().map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec()))).collect();
         Secret { data: Some(data), ..Default::default() }
+    }
+
+    #[test]
+    fn a_tenant_is_never_told_the_name_of_a_secret_in_another_namespace() {
+        let missing = CredentialsError::Missing { namespace: "atlas-access-operator".into(), name: "acme-key".into() };
+        let told = missing.seen_from("team-a", Some("acme"));
+        assert!(!told.contains("acme-key") && !told.contains("atlas-access-operator"), "{told}");
+        assert!(told.contains("AtlasOrganization acme") && told.contains("CredentialsMissing"), "{told}");
+        let told = missing.seen_from("team-a", None);
+        assert!(!told.contains("acme-key") && told.contains("default credentials"), "{told}");
+        // Its own Secret, in its own namespace: named.
+        let own = CredentialsError::Missing { namespace: "team-a".into(), name: "mine".into() };
+        assert_eq!(own.seen_from("team-a", Some("acme")), "credentials Secret team-a/mine not found");
     }
 
     #[test]

@@ -154,7 +154,8 @@ async fn converge<K: Managed>(api: &Api<K>, obj: Arc<K>, ctx: &Context, deleting
         Ok(c) => c,
         Err(e) => {
             let observed = if e.is_transient() { Observed::Keep } else { Observed::Clear };
-            write_failure(api, obj.as_ref(), ctx, e.reason(), &e.to_string(), !e.is_transient(), observed).await;
+            let message = e.seen_from(&ns, from.organization.map(|(org, _)| org));
+            write_failure(api, obj.as_ref(), ctx, e.reason(), &message, !e.is_transient(), observed).await;
             return Err(e.into());
         }
     };
