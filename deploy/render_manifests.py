@@ -39,6 +39,8 @@ KIND_ORDER = [
     "RoleBinding",
     "Service",
     "Deployment",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
     "PodDisruptionBudget",
     "ServiceMonitor",
 ]

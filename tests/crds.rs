@@ -134,7 +134,12 @@ fn cel_rules_are_present_with_their_expressions() {
     );
     assert_eq!(user.pointer("/properties/spec/properties/orgRoles/x-kubernetes-list-type"), Some(&json!("set")));
     assert_eq!(user.pointer("/properties/spec/properties/orgRoles/minItems"), Some(&json!(1)));
-    assert_eq!(user.pointer("/properties/spec/properties/deletionPolicy/default"), Some(&json!("Delete")));
+    // No default: an absent deletionPolicy falls back to the AtlasOrganization's defaultDeletionPolicy.
+    assert_eq!(user.pointer("/properties/spec/properties/deletionPolicy/default"), None);
+    assert_eq!(
+        user.pointer("/properties/spec/properties/deletionPolicy/enum"),
+        Some(&json!(["Delete", "Orphan", null]))
+    );
     assert_eq!(user.pointer("/properties/spec/properties/reinvite/default"), Some(&json!("OnExpiry")));
     assert_eq!(
         user.pointer("/properties/status/properties/conditions/x-kubernetes-list-map-keys"),
@@ -158,6 +163,32 @@ fn cel_rules_are_present_with_their_expressions() {
     assert!(member_rules[0].0.contains("exists_one"));
     assert_eq!(team.pointer("/properties/spec/properties/members/maxItems"), Some(&json!(250)));
     assert_eq!(team.pointer("/properties/spec/properties/mode/default"), Some(&json!("Additive")));
+
+    let org = schema_of(&crds[2]);
+    assert_eq!(
+        rules_at(&org, "/properties/spec/properties/orgId"),
+        [("self == oldSelf".to_string(), "orgId is immutable".to_string())]
+    );
+    assert_eq!(
+        rules_at(&org, "/properties/spec/properties/allowedTeams/items"),
+        [("has(self.id) != has(self.name)".to_string(), "give exactly one of id and name".to_string())]
+    );
+    assert_eq!(org.pointer("/properties/spec/properties/allowedOrgRoles/x-kubernetes-list-type"), Some(&json!("set")));
+    assert_eq!(org.pointer("/properties/spec/required"), Some(&json!(["credentialsSecretRef", "orgId"])));
+}
+
+#[test]
+fn atlas_organization_is_cluster_scoped_with_its_names_and_columns() {
+    let crd = api::crds().into_iter().find(|c| c.spec.names.kind == "AtlasOrganization").unwrap();
+    assert_eq!(crd.spec.scope, "Cluster");
+    assert_eq!(crd.spec.group, "atlas-access.dev");
+    assert_eq!(crd.spec.names.short_names.as_deref(), Some(&["aorg".to_string()][..]));
+    assert_eq!(crd.spec.names.categories.as_deref(), Some(&["atlas".to_string()][..]));
+    let columns: Vec<String> =
+        crd.spec.versions[0].additional_printer_columns.iter().flatten().map(|c| c.name.clone()).collect();
+    assert_eq!(columns, ["Org", "Name", "Users", "Managed", "Ready", "Age"]);
+    let status = &crd.spec.versions[0].subresources.as_ref().unwrap().status;
+    assert!(status.is_some(), "status is a subresource");
 }
 
 #[test]

@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 
 use atlas_access_operator::api;
 use atlas_access_operator::cli::{Cli, Command};
+use atlas_access_operator::controller::credentials::DEFAULT_TENANT_SECRETS_CLUSTER_ROLE;
 use atlas_access_operator::controller::rbac::{REQUIRED_RULES, RuleScope, required_rules};
 use clap::Parser;
+use k8s_openapi::api::admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, Namespace, Secret, Service, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -86,6 +88,8 @@ struct Render {
     deployments: Vec<Deployment>,
     pod_disruption_budgets: Vec<PodDisruptionBudget>,
     service_monitors: Vec<DynamicObject>,
+    admission_policies: Vec<ValidatingAdmissionPolicy>,
+    admission_policy_bindings: Vec<ValidatingAdmissionPolicyBinding>,
 }
 
 impl Render {
@@ -109,6 +113,12 @@ impl Render {
                     ("v1", "Service") => render.services.push(typed(doc, &at)),
                     ("apps/v1", "Deployment") => render.deployments.push(typed(doc, &at)),
                     ("policy/v1", "PodDisruptionBudget") => render.pod_disruption_budgets.push(typed(doc, &at)),
+                    ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicy") => {
+                        render.admission_policies.push(typed(doc, &at))
+                    }
+                    ("admissionregistration.k8s.io/v1", "ValidatingAdmissionPolicyBinding") => {
+                        render.admission_policy_bindings.push(typed(doc, &at))
+                    }
                     // A Prometheus Operator CRD: no k8s-openapi type; checked field by field below.
                     ("monitoring.coreos.com/v1", "ServiceMonitor") => render.service_monitors.push(typed(doc, &at)),
                     other => panic!("{at}: unexpected object {other:?}"),
@@ -228,10 +238,23 @@ fn granted(render: &Render) -> Vec<Grant> {
         bound_roles.insert((None, binding.role_ref.name.clone()));
         grants.extend(grants_of(role.rules.as_deref().unwrap_or_default(), None, origin));
     }
+    let tenant_role = render.flag("--tenant-secrets-cluster-role").expect("--tenant-secrets-cluster-role").to_string();
     for binding in &render.role_bindings {
         assert!(is_ours(&binding.subjects), "{origin}: {binding:?} binds someone else");
-        assert_eq!(binding.role_ref.kind, "Role", "{origin}: RoleBindings reference Roles");
         let namespace = binding.metadata.namespace.as_deref().unwrap();
+        if binding.role_ref.kind == "ClusterRole" {
+            // Only the tenant Secrets role is bound per namespace.
+            assert_eq!(binding.role_ref.name, tenant_role, "{origin}: per-namespace ClusterRole binding");
+            let role = render
+                .cluster_roles
+                .iter()
+                .find(|r| r.metadata.name.as_deref() == Some(&tenant_role))
+                .unwrap_or_else(|| panic!("{origin}: ClusterRole {tenant_role} not rendered"));
+            bound_roles.insert((None, tenant_role.clone()));
+            grants.extend(grants_of(role.rules.as_deref().unwrap_or_default(), Some(namespace), origin));
+            continue;
+        }
+        assert_eq!(binding.role_ref.kind, "Role", "{origin}: RoleBindings reference Roles");
         let role = render
             .roles
             .iter()
@@ -243,6 +266,8 @@ fn granted(render: &Render) -> Vec<Grant> {
         bound_roles.insert((Some(namespace.to_string()), binding.role_ref.name.clone()));
         grants.extend(grants_of(role.rules.as_deref().unwrap_or_default(), Some(namespace), origin));
     }
+    // The tenant role is meant for tenants to bind: it may be bound nowhere yet.
+    bound_roles.insert((None, tenant_role.clone()));
     let all_roles: BTreeSet<_> = render
         .cluster_roles
         .iter()
@@ -267,10 +292,16 @@ fn required_permissions(scope: RuleScope) -> BTreeSet<Permission> {
         .collect()
 }
 
+fn scope_permissions(scopes: &[RuleScope]) -> BTreeSet<Permission> {
+    scopes.iter().flat_map(|s| required_permissions(*s)).collect()
+}
+
 /// The chart grants exactly what the code calls, in the right place: the watch rules where the
-/// operator watches (cluster-wide, or only the `--namespace`), the Lease rules in the release
-/// namespace and only with `--leader-election`, and nothing else but a read of the one default
-/// credentials Secret when it lies outside the watched namespace.
+/// operator watches (cluster-wide, or only the `--namespace`), the cluster-scoped rules
+/// cluster-wide, Secrets only in the release namespace (get, list, watch) and, get only, in the
+/// tenant namespaces the chart binds, the Lease rules in the release namespace and only with
+/// `--leader-election`, and nothing else but a read of the one default credentials Secret when
+/// it lies outside the release namespace. Never Secrets cluster-wide.
 fn rbac_problems(render: &Render) -> Vec<String> {
     let grants = granted(render);
     let leader_election = render.flag("--leader-election").is_some();
@@ -290,14 +321,47 @@ fn rbac_problems(render: &Render) -> Vec<String> {
         problems.push(format!("grants {extra:?}, which the code never calls"));
     }
 
+    let cluster = scope_permissions(&[RuleScope::Cluster]);
+    let is_cluster = |g: &Grant| cluster.contains(&(g.api_group.clone(), g.resource.clone(), g.verb.clone()));
     // The watch rules, unrestricted by name, where the operator watches.
-    let in_watch_scope = |g: &&Grant| g.namespace == watched && g.resource_names.is_empty();
+    let in_watch_scope =
+        |g: &&Grant| g.namespace == watched && g.resource_names.is_empty() && g.resource != "secrets" && !is_cluster(g);
     let watch_scope = permissions(grants.iter().filter(in_watch_scope));
     if watch_scope != required_permissions(RuleScope::Always) {
         problems.push(format!("watch rules in {watched:?}: {watch_scope:?}"));
     }
-    if watched.is_some() && !render.cluster_roles.is_empty() {
-        problems.push("a namespace-scoped install has a ClusterRole".to_string());
+    // The cluster-scoped rules, cluster-wide.
+    let cluster_grants = permissions(grants.iter().filter(|g| g.namespace.is_none() && is_cluster(g)));
+    if cluster_grants != cluster {
+        problems.push(format!("cluster-scoped rules: {cluster_grants:?}"));
+    }
+    if watched.is_some() && grants.iter().any(|g| g.namespace.is_none() && !is_cluster(g)) {
+        problems.push("a namespace-scoped install grants a namespaced resource cluster-wide".to_string());
+    }
+
+    // Secrets: never cluster-wide; get, list and watch in the release namespace; elsewhere only get.
+    let secrets: Vec<&Grant> = grants.iter().filter(|g| g.resource == "secrets").collect();
+    for grant in &secrets {
+        if grant.namespace.is_none() {
+            problems.push(format!("{grant:?}: Secrets cluster-wide"));
+        }
+    }
+    let in_release = permissions(secrets.iter().copied().filter(|g| g.namespace == release_namespace));
+    if in_release != required_permissions(RuleScope::OperatorNamespace) {
+        problems.push(format!("Secrets in the release namespace: {in_release:?}"));
+    }
+    let tenant = required_permissions(RuleScope::TenantNamespace);
+    let default_secret = render.flag("--default-credentials-secret").and_then(|s| s.split_once('/'));
+    for grant in secrets.iter().filter(|g| g.namespace.is_some() && g.namespace != release_namespace) {
+        let by_name = default_secret.is_some_and(|(namespace, name)| {
+            grant.namespace.as_deref() == Some(namespace) && grant.resource_names == [name.to_string()]
+        });
+        let tenant_grant = grant.resource_names.is_empty();
+        if !tenant.contains(&(grant.api_group.clone(), grant.resource.clone(), grant.verb.clone()))
+            || !(by_name || tenant_grant)
+        {
+            problems.push(format!("unexpected {grant:?}"));
+        }
     }
 
     // The Lease rules in the release namespace; reading and renewing only the operator's Lease.
@@ -318,17 +382,14 @@ fn rbac_problems(render: &Render) -> Vec<String> {
         problems.push("leases without leader election".to_string());
     }
 
-    // Anything else: only `get` on the default credentials Secret, by name, in its namespace.
-    let default_secret = render.flag("--default-credentials-secret").and_then(|s| s.split_once('/'));
-    for grant in grants.iter().filter(|g| g.resource != "leases" && !in_watch_scope(g)) {
-        let allowed = default_secret.is_some_and(|(namespace, name)| {
-            grant.namespace.as_deref() == Some(namespace)
-                && (grant.api_group.as_str(), grant.resource.as_str(), grant.verb.as_str()) == ("", "secrets", "get")
-                && grant.resource_names == [name.to_string()]
-        });
-        if !allowed {
-            problems.push(format!("unexpected {grant:?}"));
-        }
+    // Nothing else.
+    for grant in grants.iter().filter(|g| {
+        g.resource != "leases"
+            && g.resource != "secrets"
+            && !in_watch_scope(g)
+            && !(g.namespace.is_none() && is_cluster(g))
+    }) {
+        problems.push(format!("unexpected {grant:?}"));
     }
     problems
 }
@@ -341,9 +402,22 @@ fn rbac_grants_exactly_the_calls_the_code_makes() {
     }
     // The cases really exercise both scopes and both leader-election settings.
     assert!(case("namespace-scoped").flag("--namespace").is_some());
-    assert!(
-        case("namespace-scoped").roles.iter().any(|r| r.metadata.name.as_deref().unwrap().ends_with("-credentials"))
-    );
+    // The default Secret outside the release namespace gets a Role for that one Secret.
+    assert!(case("all-options").roles.iter().any(|r| r.metadata.name.as_deref().unwrap().ends_with("-credentials")));
+    // Tenant namespaces: a RoleBinding to the tenant Secrets ClusterRole in each, nothing by default.
+    let tenant_bindings = |render: &Render| -> Vec<String> {
+        let mut namespaces: Vec<String> = render
+            .role_bindings
+            .iter()
+            .filter(|b| b.role_ref.kind == "ClusterRole")
+            .map(|b| b.metadata.namespace.clone().unwrap())
+            .collect();
+        namespaces.sort();
+        namespaces
+    };
+    assert_eq!(tenant_bindings(&case("multi-tenant")), ["team-a", "team-b"]);
+    assert_eq!(tenant_bindings(&case("namespace-scoped")), ["team-a"]);
+    assert_eq!(tenant_bindings(&case("default")), Vec::<String>::new());
     assert!(case("leader-election").flag("--leader-election").is_some());
     assert!(case("default").flag("--leader-election").is_none());
 }
@@ -353,7 +427,8 @@ fn rbac_grants_exactly_the_calls_the_code_makes() {
 fn rbac_check_catches_a_missing_or_an_extra_verb() {
     let problems_after = |edit: fn(&mut Vec<String>)| {
         let mut render = case("default");
-        let rules = render.cluster_roles[0].rules.as_mut().unwrap();
+        let role = render.roles.iter_mut().find(|r| r.metadata.name.as_deref().unwrap().ends_with("-secrets")).unwrap();
+        let rules = role.rules.as_mut().unwrap();
         let secrets = rules.iter_mut().find(|r| r.resources.as_deref() == Some(&["secrets".to_string()][..])).unwrap();
         edit(&mut secrets.verbs);
         rbac_problems(&render)
@@ -546,10 +621,35 @@ fn manifests_are_the_chart_defaults() {
             "--http-bind=0.0.0.0:8080",
             "--atlas-url=https://cloud.mongodb.com",
             "--resync-interval=5m",
-            "--log-format=json"
+            "--log-format=json",
+            "--tenant-secrets-cluster-role=atlas-access-operator-tenant-secrets"
         ]
     );
-    assert_eq!(manifests.crds, api::crds(), "deploy/manifests CRDs are the code's");
+    // The safe mode: no default credentials serving every namespace; the admission policy on.
+    assert!(manifests.flag("--default-credentials-secret").is_none());
+    assert_eq!(manifests.flag("--tenant-secrets-cluster-role"), Some(DEFAULT_TENANT_SECRETS_CLUSTER_ROLE));
+    assert_eq!(manifests.admission_policies.len(), 1);
+    let policy = &manifests.admission_policies[0];
+    let binding = &manifests.admission_policy_bindings[0];
+    let policy_spec = policy.spec.as_ref().unwrap();
+    assert_eq!(policy_spec.param_kind.as_ref().unwrap().kind.as_deref(), Some("AtlasOrganization"));
+    assert_eq!(policy_spec.failure_policy.as_deref(), Some("Fail"));
+    let binding_spec = &binding.spec;
+    assert_eq!(Some(&binding_spec.policy_name), policy.metadata.name.as_ref());
+    assert_eq!(binding_spec.validation_actions, ["Deny"]);
+    assert_eq!(
+        binding_spec.param_ref.as_ref().unwrap().parameter_not_found_action.as_deref(),
+        Some("Allow"),
+        "objects of an organization without an AtlasOrganization are not judged by the policy"
+    );
+    // Without the admission policy (all-options turns it off) nothing of it is rendered.
+    assert!(case("all-options").admission_policies.is_empty());
+    assert!(case("all-options").admission_policy_bindings.is_empty());
+    let by_name = |mut crds: Vec<CustomResourceDefinition>| {
+        crds.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        crds
+    };
+    assert!(by_name(manifests.crds.clone()) == by_name(api::crds()), "deploy/manifests CRDs are the code's");
     assert_eq!(manifests.namespaces.len(), 1);
     let namespace = manifests.namespaces[0].metadata.name.as_deref().unwrap();
     assert_eq!(manifests.release_namespace(), namespace, "everything in the manifests' Namespace");

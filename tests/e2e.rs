@@ -130,6 +130,8 @@ async fn operator_end_to_end() {
         &[
             format!("--namespace={}", ns.name),
             format!("--atlas-url={}", sim.base_url()),
+            format!("--operator-namespace={}", ns.name),
+            format!("--tenant-secrets-cluster-role={}", grant.tenant_role),
             "--atlas-insecure-http".into(),
             "--resync-interval=2s".into(),
             "--index-refresh-interval=1s".into(),

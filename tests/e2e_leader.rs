@@ -78,6 +78,8 @@ async fn only_the_leader_writes_and_a_follower_takes_over() {
     let args = vec![
         format!("--namespace={}", ns.name),
         format!("--atlas-url={}", sim.base_url()),
+        format!("--operator-namespace={}", ns.name),
+        format!("--tenant-secrets-cluster-role={}", grant.tenant_role),
         "--atlas-insecure-http".into(),
         "--resync-interval=2s".into(),
         "--leader-election".into(),

@@ -53,7 +53,13 @@ async fn crds_establish_and_examples_are_admitted() {
         let created = apply(&client, &ns.name, example.clone(), false).await.unwrap_or_else(|e| panic!("{name}: {e}"));
         // Defaults are written by the API server.
         if example["kind"] == "AtlasTeamMembership" {
-            assert!(created.data["spec"]["deletionPolicy"].is_string(), "{name}: deletionPolicy defaulted");
+            assert!(created.data["spec"]["mode"].is_string(), "{name}: mode defaulted");
+            // Not defaulted: an absent deletionPolicy falls back to the AtlasOrganization's default.
+            assert_eq!(
+                created.data["spec"]["deletionPolicy"].is_null(),
+                example["spec"]["deletionPolicy"].is_null(),
+                "{name}: deletionPolicy as written"
+            );
         } else {
             assert!(created.data["spec"]["reinvite"].is_string(), "{name}: reinvite defaulted");
         }

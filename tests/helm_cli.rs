@@ -129,6 +129,8 @@ fn bad_values_are_refused_naming_the_field() {
             "needs publicApiKey/privateApiKey or clientId/clientSecret",
         ),
         (&["--set", "serviceAccount.create=false"], "serviceAccount.name is required"),
+        (&["--set", "tenancy.tenantNamespaces[0]=Team_A"], "tenantNamespaces"),
+        (&["--set-json", r#"tenancy.admissionPolicy.enabled="yes""#], "enabled"),
     ];
     for (args, message) in cases {
         let mut all = vec!["template", "x", CHART];

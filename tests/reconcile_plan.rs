@@ -100,7 +100,7 @@ fn spec(roles: &[OrgRole]) -> AtlasOrgUserSpec {
         project_roles: Vec::new(),
         team_ids: Vec::new(),
         credentials_secret_ref: None,
-        deletion_policy: DeletionPolicy::Delete,
+        deletion_policy: Some(DeletionPolicy::Delete),
         reinvite: ReinvitePolicy::OnExpiry,
     }
 }
@@ -209,7 +209,7 @@ fn org_user_cases() -> Vec<OrgUserCase> {
         s
     };
     let teams_spec = AtlasOrgUserSpec { team_ids: vec![T1.into(), T2.into()], ..spec(&[OrgMember]) };
-    let orphan = AtlasOrgUserSpec { deletion_policy: DeletionPolicy::Orphan, ..spec(&[OrgMember]) };
+    let orphan = AtlasOrgUserSpec { deletion_policy: Some(DeletionPolicy::Orphan), ..spec(&[OrgMember]) };
     let older = Claim::new("team-b", "alice-too", Some(at("2025-04-01T00:00:00Z")));
     let younger = Claim::new("team-b", "alice-too", Some(at("2025-05-02T00:00:00Z")));
     let same_time_smaller_name = Claim::new("team-a", "alic", Some(at("2025-05-01T00:00:00Z")));
@@ -613,11 +613,26 @@ fn org_user_status_conditions() {
             )
         },
         StatusCase {
+            rivals: vec![Claim::new("team-a", "older", Some(at("2025-01-01T00:00:00Z")))],
+            ready: ("False", "Conflict"),
+            kstatus: Some(("Stalled", "Conflict")),
+            message_has: "team-a/older",
+            ..base(
+                "conflict names an owner in the same namespace",
+                spec(&[OrgRole::OrgMember]),
+                Some(alice(Active, &["ORG_MEMBER"])),
+            )
+        },
+        StatusCase {
             rivals: vec![Claim::new("team-b", "older", Some(at("2025-01-01T00:00:00Z")))],
             ready: ("False", "Conflict"),
             kstatus: Some(("Stalled", "Conflict")),
-            message_has: "team-b/older",
-            ..base("conflict names the owner", spec(&[OrgRole::OrgMember]), Some(alice(Active, &["ORG_MEMBER"])))
+            message_has: "an object in another namespace (older) already manages",
+            ..base(
+                "conflict never names an object in another namespace",
+                spec(&[OrgRole::OrgMember]),
+                Some(alice(Active, &["ORG_MEMBER"])),
+            )
         },
         StatusCase {
             failure: Some((1, last_owner_refusal())),
@@ -774,7 +789,7 @@ fn last_transition_time_moves_only_on_flips() {
 fn deletion_and_the_finalizer() {
     use MembershipStatus::*;
     let s = spec(&[OrgRole::OrgMember]);
-    let orphan = AtlasOrgUserSpec { deletion_policy: DeletionPolicy::Orphan, ..spec(&[OrgRole::OrgMember]) };
+    let orphan = AtlasOrgUserSpec { deletion_policy: Some(DeletionPolicy::Orphan), ..spec(&[OrgRole::OrgMember]) };
     let previous = AtlasOrgUserStatus::default();
     let gone = ActionError::atlas(ErrorClass::NotFound, 404, codes::RESOURCE_NOT_FOUND, "No user.");
     // (name, spec, paused, Atlas's answer to the removal, finalizer may go)
@@ -830,7 +845,7 @@ fn team_spec(mode: MembershipMode, members: Vec<TeamMember>) -> AtlasTeamMembers
         members,
         mode,
         credentials_secret_ref: None,
-        deletion_policy: DeletionPolicy::Delete,
+        deletion_policy: Some(DeletionPolicy::Delete),
     }
 }
 
@@ -1039,7 +1054,10 @@ fn team_plans() {
             previous: added(&[(BOB, "bob@example.com")]),
             ..team_case(
                 "delete, Orphan: no call",
-                AtlasTeamMembershipSpec { deletion_policy: DeletionPolicy::Orphan, ..team_spec(Additive, listed()) },
+                AtlasTeamMembershipSpec {
+                    deletion_policy: Some(DeletionPolicy::Orphan),
+                    ..team_spec(Additive, listed())
+                },
                 &[ALICE, BOB],
             )
         },

@@ -5,11 +5,13 @@
 mod common;
 pub mod conditions;
 mod org_user;
+mod organization;
 mod team_membership;
 pub mod validation;
 
 pub use common::*;
 pub use org_user::*;
+pub use organization::*;
 pub use team_membership::*;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -24,13 +26,14 @@ pub const FINALIZER: &str = "atlas-access.dev/cleanup";
 /// Annotation that stops all writes to Atlas for one object.
 pub const PAUSED_ANNOTATION: &str = "atlas-access.dev/paused";
 
-/// Both CRDs, in a stable order (the order of `crds/` and of `atlas-access-operator crds`).
+/// Every CRD, in a stable order (the order of `crds/` and of `atlas-access-operator crds`).
 /// Descriptions are written as sentences: the line breaks of wrapped doc comments are
 /// joined (so `kubectl explain` wraps them itself), paragraphs kept.
 pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![
         with_unobserved_status(with_sentences(AtlasOrgUser::crd())),
         with_unobserved_status(with_sentences(AtlasTeamMembership::crd())),
+        with_unobserved_status(with_sentences(AtlasOrganization::crd())),
     ]
 }
 

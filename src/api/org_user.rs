@@ -106,9 +106,10 @@ pub struct AtlasOrgUserSpec {
     pub credentials_secret_ref: Option<SecretRef>,
 
     /// What deleting this object does in Atlas: `Delete` removes the user from the
-    /// organization (or cancels the pending invitation); `Orphan` leaves Atlas alone.
-    #[serde(default)]
-    pub deletion_policy: DeletionPolicy,
+    /// organization (or cancels the pending invitation); `Orphan` leaves Atlas alone. Absent: the
+    /// AtlasOrganization's `defaultDeletionPolicy`, else `Delete`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_policy: Option<DeletionPolicy>,
 
     /// When to send the invitation again: `Never`, `OnExpiry` (default) or
     /// `OnExpiryOrRejection`.

@@ -104,9 +104,10 @@ pub struct AtlasTeamMembershipSpec {
     pub credentials_secret_ref: Option<SecretRef>,
 
     /// What deleting this object does in Atlas: `Delete` removes the members this object
-    /// manages from the team; `Orphan` leaves the team alone.
-    #[serde(default)]
-    pub deletion_policy: DeletionPolicy,
+    /// manages from the team; `Orphan` leaves the team alone. Absent: the AtlasOrganization's
+    /// `defaultDeletionPolicy`, else `Delete`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deletion_policy: Option<DeletionPolicy>,
 }
 
 /// An Atlas team, by id or by name (exactly one).

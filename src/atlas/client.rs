@@ -39,6 +39,34 @@ pub enum Credentials {
     ServiceAccount { client_id: String, client_secret: SecretString },
 }
 
+/// Who a client is, for caches that must never serve one credential's Atlas data to another:
+/// a keyed hash of the base URL and the complete credential (both halves), under a key drawn at
+/// random once per process. Two Secrets with the same public key and different private keys
+/// are different identities. Reveals nothing about the credential (and nothing across
+/// restarts); never a log or status field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CredentialIdentity(u64);
+
+impl Credentials {
+    /// This credential's identity against `base_url`.
+    pub fn identity(&self, base_url: &str) -> CredentialIdentity {
+        use secrecy::ExposeSecret;
+        use std::hash::{BuildHasher, Hash, Hasher};
+        static KEY: std::sync::OnceLock<std::collections::hash_map::RandomState> = std::sync::OnceLock::new();
+        let mut hasher = KEY.get_or_init(std::collections::hash_map::RandomState::new).build_hasher();
+        base_url.hash(&mut hasher);
+        match self {
+            Credentials::ApiKey { public_key, private_key } => {
+                ("api-key", public_key, private_key.expose_secret()).hash(&mut hasher)
+            }
+            Credentials::ServiceAccount { client_id, client_secret } => {
+                ("service-account", client_id, client_secret.expose_secret()).hash(&mut hasher)
+            }
+        }
+        CredentialIdentity(hasher.finish())
+    }
+}
+
 /// Everything [`AtlasClient::new`] needs.
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
@@ -128,6 +156,7 @@ struct Inner {
     http: reqwest::Client,
     base: Url,
     auth: Auth,
+    identity: CredentialIdentity,
     retry: RetryPolicy,
     timeout: Duration,
     page_size: u32,
@@ -226,6 +255,7 @@ impl AtlasClient {
             .user_agent(config.user_agent.clone())
             .build()
             .map_err(|e| AtlasError::Config(format!("cannot build the HTTP client: {e}")))?;
+        let identity = config.credentials.identity(base.as_str());
         let auth = match config.credentials {
             Credentials::ApiKey { public_key, private_key } => Auth::Digest(DigestAuth::new(public_key, private_key)),
             Credentials::ServiceAccount { client_id, client_secret } => Auth::Token(TokenCache::new(
@@ -240,6 +270,7 @@ impl AtlasClient {
                 http,
                 base,
                 auth,
+                identity,
                 retry: config.retry,
                 timeout: config.timeout,
                 page_size: config.page_size,
@@ -253,6 +284,11 @@ impl AtlasClient {
 
     pub fn base_url(&self) -> &Url {
         &self.inner.base
+    }
+
+    /// Who this client calls Atlas as (see [`CredentialIdentity`]).
+    pub fn credential_identity(&self) -> CredentialIdentity {
+        self.inner.identity
     }
 
     pub fn metrics(&self) -> &AtlasMetrics {

@@ -15,7 +15,8 @@ pub mod models;
 pub mod retry;
 
 pub use client::{
-    ATLAS_BASE_URL, ATLAS_GOV_BASE_URL, AtlasClient, ClientConfig, CreateOutcome, Credentials, ListOrgUsersQuery,
+    ATLAS_BASE_URL, ATLAS_GOV_BASE_URL, AtlasClient, ClientConfig, CreateOutcome, CredentialIdentity, Credentials,
+    ListOrgUsersQuery,
 };
 pub use endpoint::Operation;
 pub use error::{AtlasError, ErrorClass, TransportKind};

@@ -74,7 +74,7 @@ fn seed(state: &SimState, objects: &ObjectSet) -> Vec<String> {
             }
         }
     }
-    for u in objects.org_users.iter().filter(|u| u.spec.deletion_policy == DeletionPolicy::Orphan) {
+    for u in objects.org_users.iter().filter(|u| u.spec.deletion_policy == Some(DeletionPolicy::Orphan)) {
         existing.entry(u.spec.org_id.clone()).or_default().insert(u.spec.username.clone());
     }
 

@@ -31,9 +31,17 @@ pub enum CredentialsError {
     #[error("credentials Secret {namespace}/{name} is not usable: {reason}")]
     Invalid { namespace: String, name: String, reason: String },
     #[error(
-        "no credentials: the object has no spec.credentialsSecretRef and the operator runs without --default-credentials-secret"
+        "no credentials: the object has no spec.credentialsSecretRef, no AtlasOrganization names its orgId, and the operator runs without --default-credentials-secret"
     )]
     NotConfigured,
+    #[error(
+        "AtlasOrganization {organization} names credentials Secret {name} in the operator's namespace, but the operator runs without --operator-namespace (or POD_NAMESPACE)"
+    )]
+    NoOperatorNamespace { organization: String, name: String },
+    #[error(
+        "the operator may not read Secrets in namespace {namespace} (for credentialsSecretRef {name}): missing grant: a RoleBinding in {namespace} to the ClusterRole {cluster_role} for the operator's ServiceAccount"
+    )]
+    NotGranted { namespace: String, name: String, cluster_role: String },
     #[error("reading credentials Secret {namespace}/{name}: {message}")]
     Unreachable { namespace: String, name: String, message: String },
 }
@@ -42,9 +50,36 @@ impl CredentialsError {
     /// The condition reason users see.
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::Missing { .. } | Self::NotConfigured => "CredentialsMissing",
+            Self::Missing { .. } | Self::NotConfigured | Self::NoOperatorNamespace { .. } => "CredentialsMissing",
             Self::Invalid { .. } => "CredentialsInvalid",
+            Self::NotGranted { .. } => "CredentialsAccessNotGranted",
             Self::Unreachable { .. } => "CredentialsUnreachable",
+        }
+    }
+
+    /// The namespace of the Secret it is about, if any.
+    pub fn namespace(&self) -> Option<&str> {
+        match self {
+            Self::Missing { namespace, .. }
+            | Self::Invalid { namespace, .. }
+            | Self::NotGranted { namespace, .. }
+            | Self::Unreachable { namespace, .. } => Some(namespace),
+            Self::NotConfigured | Self::NoOperatorNamespace { .. } => None,
+        }
+    }
+
+    /// The message for an object in `viewer_namespace`: a Secret in another namespace (its
+    /// AtlasOrganization's, or the default) is not named, only who owns it.
+    pub fn seen_from(&self, viewer_namespace: &str, organization: Option<&str>) -> String {
+        match self.namespace() {
+            Some(ns) if ns != viewer_namespace => match organization {
+                Some(org) => format!(
+                    "the credentials of AtlasOrganization {org} are not usable ({}); its status says why",
+                    self.reason()
+                ),
+                None => format!("the operator's default credentials are not usable ({})", self.reason()),
+            },
+            _ => self.to_string(),
         }
     }
 
@@ -108,25 +143,80 @@ struct CachedClient {
     client: AtlasClient,
 }
 
+/// Default name of the ClusterRole tenants bind (RoleBinding in their namespace) so the operator
+/// may read their own credentials Secret.
+pub const DEFAULT_TENANT_SECRETS_CLUSTER_ROLE: &str = "atlas-access-operator-tenant-secrets";
+
+/// Where an object's credentials come from, first found wins.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CredentialsRef<'a> {
+    /// The object's namespace.
+    pub namespace: &'a str,
+    /// The object's own `spec.credentialsSecretRef` (a Secret in its namespace): the tenant's own key.
+    pub own: Option<&'a str>,
+    /// The AtlasOrganization of its orgId, and the Secret it names in the operator's namespace.
+    pub organization: Option<(&'a str, &'a str)>,
+}
+
 /// Atlas clients per credentials Secret.
 pub struct AtlasClients {
     template: ClientConfig,
     default_secret: Option<(String, String)>,
+    operator_namespace: Option<String>,
+    tenant_cluster_role: String,
     cache: Mutex<HashMap<(String, String), CachedClient>>,
 }
 
 impl AtlasClients {
     /// `template` gives base URL, retry and limits; its credentials are replaced per Secret.
     pub fn new(template: ClientConfig, default_secret: Option<(String, String)>) -> Self {
-        Self { template, default_secret, cache: Mutex::default() }
+        Self {
+            template,
+            default_secret,
+            operator_namespace: None,
+            tenant_cluster_role: DEFAULT_TENANT_SECRETS_CLUSTER_ROLE.to_string(),
+            cache: Mutex::default(),
+        }
     }
 
-    /// The Secret an object uses: its own `credentialsSecretRef` (same namespace), else the default.
-    pub fn secret_for(&self, namespace: &str, secret_ref: Option<&str>) -> Option<(String, String)> {
-        match secret_ref {
-            Some(name) => Some((namespace.to_string(), name.to_string())),
-            None => self.default_secret.clone(),
+    /// The operator's own namespace (AtlasOrganization credentials live there), and the
+    /// ClusterRole name a tenant binds to grant access to its own Secret (for messages).
+    pub fn with_tenancy(mut self, operator_namespace: Option<String>, tenant_cluster_role: &str) -> Self {
+        self.operator_namespace = operator_namespace;
+        self.tenant_cluster_role = tenant_cluster_role.to_string();
+        self
+    }
+
+    pub fn operator_namespace(&self) -> Option<&str> {
+        self.operator_namespace.as_deref()
+    }
+
+    /// The Secrets an object may use, in order: its own `credentialsSecretRef` (same
+    /// namespace), else its AtlasOrganization's (operator namespace), else the default.
+    fn candidates(&self, from: CredentialsRef<'_>) -> Result<Vec<(String, String)>, CredentialsError> {
+        let mut out = Vec::new();
+        if let Some(name) = from.own {
+            out.push((from.namespace.to_string(), name.to_string()));
         }
+        if let Some((organization, name)) = from.organization {
+            match &self.operator_namespace {
+                Some(ns) => out.push((ns.clone(), name.to_string())),
+                None if out.is_empty() => {
+                    return Err(CredentialsError::NoOperatorNamespace {
+                        organization: organization.to_string(),
+                        name: name.to_string(),
+                    });
+                }
+                None => {}
+            }
+        }
+        out.extend(self.default_secret.clone());
+        Ok(out)
+    }
+
+    /// The Secret an object uses, if any.
+    pub fn secret_for(&self, from: CredentialsRef<'_>) -> Option<(String, String)> {
+        self.candidates(from).ok()?.into_iter().next()
     }
 
     /// Whether a Secret (namespace, name) is the operator's default credentials.
@@ -135,36 +225,66 @@ impl AtlasClients {
     }
 
     /// The client for an object. With `allow_stale` (clean-up), a Secret that is gone falls
-    /// back to the last client built from it.
+    /// back to the last client built from it, else to the next source in order.
     pub async fn client_for(
         &self,
         kube: &Client,
-        namespace: &str,
-        secret_ref: Option<&str>,
+        from: CredentialsRef<'_>,
         allow_stale: bool,
     ) -> Result<AtlasClient, CredentialsError> {
-        let (ns, name) = self.secret_for(namespace, secret_ref).ok_or(CredentialsError::NotConfigured)?;
-        let key = (ns.clone(), name.clone());
-        let secret = match Api::<Secret>::namespaced(kube.clone(), &ns).get_opt(&name).await {
+        let candidates = self.candidates(from)?;
+        let mut first_error = None;
+        for (i, (ns, name)) in candidates.iter().enumerate() {
+            match self.client_from_secret(kube, ns, name, allow_stale).await {
+                Ok(client) => return Ok(client),
+                // A clean-up whose own Secret went first (namespace deletion removes Secrets in
+                // parallel) may still finish with the next credentials in order.
+                Err(e @ CredentialsError::Missing { .. }) if allow_stale && i + 1 < candidates.len() => {
+                    first_error.get_or_insert(e);
+                }
+                Err(e) => return Err(first_error.unwrap_or(e)),
+            }
+        }
+        Err(first_error.unwrap_or(CredentialsError::NotConfigured))
+    }
+
+    /// The client for one Secret, nothing else (an AtlasOrganization checks its own credentials).
+    pub async fn client_for_secret(
+        &self,
+        kube: &Client,
+        ns: &str,
+        name: &str,
+    ) -> Result<AtlasClient, CredentialsError> {
+        self.client_from_secret(kube, ns, name, false).await
+    }
+
+    async fn client_from_secret(
+        &self,
+        kube: &Client,
+        ns: &str,
+        name: &str,
+        allow_stale: bool,
+    ) -> Result<AtlasClient, CredentialsError> {
+        let key = (ns.to_string(), name.to_string());
+        let (namespace, name) = (ns.to_string(), name.to_string());
+        let secret = match Api::<Secret>::namespaced(kube.clone(), ns).get_opt(&name).await {
             Ok(s) => s,
-            Err(e) => {
-                return Err(CredentialsError::Unreachable {
-                    namespace: ns,
+            Err(kube::Error::Api(status)) if status.code == 403 => {
+                return Err(CredentialsError::NotGranted {
+                    namespace,
                     name,
-                    message: super::describe_kube_error(&e),
+                    cluster_role: self.tenant_cluster_role.clone(),
                 });
+            }
+            Err(e) => {
+                return Err(CredentialsError::Unreachable { namespace, name, message: super::describe_kube_error(&e) });
             }
         };
         let Some(secret) = secret else {
             let cached = self.cache.lock().expect("client cache").get(&key).cloned();
             return match cached {
                 Some(c) if allow_stale => Ok(c.client),
-                // A clean-up whose own Secret went first (namespace deletion removes Secrets in
-                // parallel) may still finish with the operator's default credentials.
-                None if allow_stale && secret_ref.is_some() && self.default_secret.is_some() => {
-                    Box::pin(self.client_for(kube, namespace, None, false)).await
-                }
-                _ => Err(CredentialsError::Missing { namespace: ns, name }),
+                _ => Err(CredentialsError::Missing { namespace, name }),
             };
         };
         let rv = secret.metadata.resource_version.clone();
@@ -174,14 +294,14 @@ impl AtlasClients {
             return Ok(c.client.clone());
         }
         let credentials = credentials_from_secret(&secret).map_err(|reason| CredentialsError::Invalid {
-            namespace: ns.clone(),
+            namespace: namespace.clone(),
             name: name.clone(),
             reason,
         })?;
         let mut config = self.template.clone();
         config.credentials = credentials;
         let client = AtlasClient::new(config).map_err(|e| CredentialsError::Invalid {
-            namespace: ns.clone(),
+            namespace: namespace.clone(),
             name: name.clone(),
             reason: e.to_string(),
         })?;
@@ -204,6 +324,19 @@ mod tests {
         let data: BTreeMap<String, ByteString> =
             pairs.iter().map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec()))).collect();
         Secret { data: Some(data), ..Default::default() }
+    }
+
+    #[test]
+    fn a_tenant_is_never_told_the_name_of_a_secret_in_another_namespace() {
+        let missing = CredentialsError::Missing { namespace: "atlas-access-operator".into(), name: "acme-key".into() };
+        let told = missing.seen_from("team-a", Some("acme"));
+        assert!(!told.contains("acme-key") && !told.contains("atlas-access-operator"), "{told}");
+        assert!(told.contains("AtlasOrganization acme") && told.contains("CredentialsMissing"), "{told}");
+        let told = missing.seen_from("team-a", None);
+        assert!(!told.contains("acme-key") && told.contains("default credentials"), "{told}");
+        // Its own Secret, in its own namespace: named.
+        let own = CredentialsError::Missing { namespace: "team-a".into(), name: "mine".into() };
+        assert_eq!(own.seen_from("team-a", Some("acme")), "credentials Secret team-a/mine not found");
     }
 
     #[test]

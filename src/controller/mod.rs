@@ -7,6 +7,7 @@ pub mod credentials;
 pub mod leader;
 mod object;
 mod org_user;
+pub mod organization;
 pub mod rbac;
 pub mod status;
 mod team;
@@ -28,7 +29,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use prometheus_client::registry::Registry;
 use rand::Rng;
 
-use crate::api::{self, AtlasOrgUser, AtlasTeamMembership};
+use crate::api::{self, AtlasOrgUser, AtlasOrganization, AtlasTeamMembership};
 use crate::atlas::{AtlasError, AtlasMetrics, ClientConfig, Credentials, ErrorClass};
 use crate::engine::OrgUserIndex;
 use crate::metrics::ControllerMetrics;
@@ -46,9 +47,21 @@ pub const CONTROLLER_NAME: &str = "atlas-access-operator";
 /// Flags of `atlas-access-operator run`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct RunArgs {
-    /// Credentials for objects without `spec.credentialsSecretRef`: a Secret as NAMESPACE/NAME.
+    /// Single-tenant installs only: credentials for objects with neither a
+    /// `spec.credentialsSecretRef` nor an AtlasOrganization for their orgId, a Secret as
+    /// NAMESPACE/NAME. It serves EVERY namespace: anyone who may create an AtlasOrgUser anywhere
+    /// the operator watches acts with this key. Multi-tenant installs leave it unset and give
+    /// each organization an AtlasOrganization instead.
     #[arg(long, value_name = "NAMESPACE/NAME", env = "ATLAS_DEFAULT_CREDENTIALS_SECRET")]
     pub default_credentials_secret: Option<String>,
+    /// The operator's own namespace: AtlasOrganization credentials Secrets live there, and only
+    /// there are labelled credentials Secrets watched (default: the pod's namespace).
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub operator_namespace: Option<String>,
+    /// The ClusterRole a tenant namespace binds (RoleBinding) to let the operator read its own
+    /// credentials Secret; named in the condition of an object whose Secret it may not read.
+    #[arg(long, default_value = credentials::DEFAULT_TENANT_SECRETS_CLUSTER_ROLE)]
+    pub tenant_secrets_cluster_role: String,
     /// How often a converged object is checked against Atlas again (drift), with ±10% jitter.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub resync_interval: Duration,
@@ -102,6 +115,8 @@ pub struct Context {
     pub clients: AtlasClients,
     pub index: OrgUserIndex,
     pub org_users: Store<AtlasOrgUser>,
+    /// Every AtlasOrganization (cluster-scoped): which namespaces may manage which org.
+    pub organizations: Store<AtlasOrganization>,
     pub resync_interval: Duration,
     pub deletion_protection: bool,
     /// How long before its expiry a pending invitation is flagged (`InvitationExpiringSoon`).
@@ -122,6 +137,8 @@ pub enum Error {
     Incomplete { message: String, retry_after: Option<Duration>, transient: bool },
     #[error("deletion blocked: {0}")]
     DeletionBlocked(String),
+    #[error("not allowed: {0}")]
+    NotAllowed(String),
     #[error("{}", describe_finalizer_error(.0))]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
@@ -184,6 +201,7 @@ impl Error {
             Error::Incomplete { transient: true, .. } => Retry::Backoff,
             Error::Incomplete { .. } => Retry::Slow,
             Error::DeletionBlocked(_) => Retry::Backoff,
+            Error::NotAllowed(_) => Retry::Slow,
             Error::Finalizer(inner) => match inner.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => {
                     e.retry()
@@ -262,6 +280,7 @@ impl Context {
             clients,
             index,
             org_users,
+            organizations: kube::runtime::reflector::store::Writer::default().as_reader(),
             resync_interval,
             deletion_protection,
             invitation_warning: crate::reconcile::audit::DEFAULT_INVITATION_WARNING,
@@ -272,6 +291,12 @@ impl Context {
     /// How long before its expiry a pending invitation is flagged (default 7 days).
     pub fn with_invitation_warning(mut self, window: Duration) -> Self {
         self.invitation_warning = window;
+        self
+    }
+
+    /// The AtlasOrganizations the reconciles consult (default: none).
+    pub fn with_organizations(mut self, organizations: Store<AtlasOrganization>) -> Self {
+        self.organizations = organizations;
         self
     }
 
@@ -380,25 +405,36 @@ pub async fn reconcile_team_membership(obj: Arc<AtlasTeamMembership>, ctx: Arc<C
     object::reconcile(obj, ctx).await
 }
 
-/// Secrets labelled as Atlas credentials: which objects use the one that changed.
+/// Secrets labelled as Atlas credentials (in the operator's namespace): which objects use the
+/// one that changed, by their own reference, their AtlasOrganization's, or as the default.
 fn objects_using_secret<K>(
     store: &Store<K>,
+    organizations: &Store<AtlasOrganization>,
     clients: &AtlasClients,
     secret: &PartialObjectMeta<Secret>,
     secret_ref: impl Fn(&K) -> Option<String>,
+    org_id: impl Fn(&K) -> String,
 ) -> Vec<ObjectRef<K>>
 where
     K: Resource<DynamicType = ()> + Clone + 'static,
 {
     let ns = secret.namespace().unwrap_or_default();
     let name = secret.name_any();
-    let is_default = clients.is_default(&ns, &name);
+    let orgs = organizations.state();
     store
         .state()
         .iter()
-        .filter(|o| match secret_ref(o) {
-            Some(r) => o.namespace().as_deref() == Some(ns.as_str()) && r == name,
-            None => is_default,
+        .filter(|o| {
+            let organization = orgs.iter().filter(|a| a.spec.org_id == org_id(o)).min_by_key(|a| a.name_any());
+            let (object_ns, own) = (o.namespace().unwrap_or_default(), secret_ref(o));
+            let from = credentials::CredentialsRef {
+                namespace: &object_ns,
+                own: own.as_deref(),
+                organization: organization.map(|a| {
+                    (a.metadata.name.as_deref().unwrap_or_default(), a.spec.credentials_secret_ref.name.as_str())
+                }),
+            };
+            clients.secret_for(from).is_some_and(|(n, s)| n == ns && s == name)
         })
         .map(|o| ObjectRef::from_obj(o.as_ref()))
         .collect()
@@ -434,7 +470,7 @@ where
 
 /// Fail early and clearly when the CRDs are not installed.
 pub async fn check_crds(client: &Client) -> Result<(), String> {
-    let wanted = ["atlasorgusers", "atlasteammemberships"];
+    let wanted = ["atlasorgusers", "atlasteammemberships", "atlasorganizations"];
     let version = format!("{}/{}", api::GROUP, api::VERSION);
     match client.list_api_group_resources(&version).await {
         Ok(list) => {
@@ -511,14 +547,17 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
     );
     template.insecure_http = args.atlas_insecure_http;
     template.metrics = atlas_metrics;
-    let clients = AtlasClients::new(template, default_secret);
+    let clients = AtlasClients::new(template, default_secret)
+        .with_tenancy(args.operator_namespace.clone(), &args.tenant_secrets_cluster_role);
 
     let wc = watcher_config(&args);
     let ns = args.namespace.as_deref();
     let org_user_ctrl = Controller::new(namespaced_or_all::<AtlasOrgUser>(&kube, ns), wc.clone());
     let team_ctrl = Controller::new(namespaced_or_all::<AtlasTeamMembership>(&kube, ns), wc.clone());
+    let organization_ctrl = Controller::new(Api::<AtlasOrganization>::all(kube.clone()), watcher::Config::default());
     let org_users = org_user_ctrl.store();
     let teams = team_ctrl.store();
+    let organizations = organization_ctrl.store();
 
     let ctx = Arc::new(Context {
         kube: kube.clone(),
@@ -530,6 +569,7 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         clients,
         index: OrgUserIndex::new(args.index_refresh_interval),
         org_users: org_users.clone(),
+        organizations: organizations.clone(),
         resync_interval: args.resync_interval,
         deletion_protection: args.deletion_protection,
         invitation_warning: args.invitation_warning,
@@ -537,29 +577,54 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
     });
 
     let secret_wc = watcher::Config::default().labels(&format!("{CREDENTIALS_LABEL}={CREDENTIALS_LABEL_VALUE}"));
-    let secrets = || namespaced_or_all::<PartialObjectMeta<Secret>>(&kube, ns);
+    // Labelled Secrets are watched in the operator's namespace only (least privilege: a Role
+    // there); a tenant's own Secret is read again on each reconcile.
+    let operator_ns = args.operator_namespace.clone();
+    let secrets = || operator_ns.as_deref().map(|ns| Api::<PartialObjectMeta<Secret>>::namespaced(kube.clone(), ns));
     let config = ControllerConfig::default().concurrency(args.concurrency);
+    let organizations_api = || Api::<AtlasOrganization>::all(kube.clone());
 
     let (ctx_a, store_a) = (ctx.clone(), org_users.clone());
-    let org_user_run = org_user_ctrl
+    let store_a2 = org_users.clone();
+    let mut org_user_ctrl = org_user_ctrl
         .with_config(config.clone())
-        .watches(secrets(), secret_wc.clone(), move |s| {
-            objects_using_secret(&store_a, &ctx_a.clients, &s, |o: &AtlasOrgUser| {
-                o.spec.credentials_secret_ref.as_ref().map(|r| r.name.clone())
-            })
-        })
+        // An AtlasOrganization's change (namespaces, ceilings, credentials) re-judges its objects.
+        .watches(organizations_api(), watcher::Config::default(), move |org: AtlasOrganization| {
+            store_a2
+                .state()
+                .iter()
+                .filter(|o| o.spec.org_id == org.spec.org_id)
+                .map(|o| ObjectRef::from_obj(o.as_ref()))
+                .collect::<Vec<_>>()
+        });
+    if let Some(api) = secrets() {
+        org_user_ctrl = org_user_ctrl.watches(api, secret_wc.clone(), move |s| {
+            objects_using_secret(
+                &store_a,
+                &ctx_a.organizations,
+                &ctx_a.clients,
+                &s,
+                |o: &AtlasOrgUser| o.spec.credentials_secret_ref.as_ref().map(|r| r.name.clone()),
+                |o: &AtlasOrgUser| o.spec.org_id.clone(),
+            )
+        });
+    }
+    let org_user_run = org_user_ctrl
         .graceful_shutdown_on(wait(shutdown.clone()))
         .run(reconcile_org_user, error_policy, ctx.clone())
         .for_each(log_run_error);
 
     let (ctx_b, teams_b) = (ctx.clone(), teams.clone());
-    let teams_c = teams.clone();
-    let team_run = team_ctrl
-        .with_config(config)
-        .watches(secrets(), secret_wc, move |s| {
-            objects_using_secret(&teams_b, &ctx_b.clients, &s, |o: &AtlasTeamMembership| {
-                o.spec.credentials_secret_ref.as_ref().map(|r| r.name.clone())
-            })
+    let (teams_c, teams_d) = (teams.clone(), teams.clone());
+    let mut team_ctrl = team_ctrl
+        .with_config(config.clone())
+        .watches(organizations_api(), watcher::Config::default(), move |org: AtlasOrganization| {
+            teams_d
+                .state()
+                .iter()
+                .filter(|t| t.spec.org_id == org.spec.org_id)
+                .map(|t| ObjectRef::from_obj(t.as_ref()))
+                .collect::<Vec<_>>()
         })
         // An AtlasOrgUser's status (its user id, its invitation) feeds the teams that reference it.
         .watches(namespaced_or_all::<AtlasOrgUser>(&kube, ns), wc, move |user: AtlasOrgUser| {
@@ -574,16 +639,47 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
                 })
                 .map(|t| ObjectRef::from_obj(t.as_ref()))
                 .collect::<Vec<_>>()
-        })
+        });
+    if let Some(api) = secrets() {
+        team_ctrl = team_ctrl.watches(api, secret_wc.clone(), move |s| {
+            objects_using_secret(
+                &teams_b,
+                &ctx_b.organizations,
+                &ctx_b.clients,
+                &s,
+                |o: &AtlasTeamMembership| o.spec.credentials_secret_ref.as_ref().map(|r| r.name.clone()),
+                |o: &AtlasTeamMembership| o.spec.org_id.clone(),
+            )
+        });
+    }
+    let team_run = team_ctrl
         .graceful_shutdown_on(wait(shutdown.clone()))
         .run(reconcile_team_membership, error_policy, ctx.clone())
         .for_each(log_run_error);
+
+    let organizations_c = organizations.clone();
+    let mut organization_ctrl = organization_ctrl.with_config(config);
+    if let Some(api) = secrets() {
+        organization_ctrl = organization_ctrl.watches(api, secret_wc, move |s| {
+            organizations_c
+                .state()
+                .iter()
+                .filter(|o| o.spec.credentials_secret_ref.name == s.name_any())
+                .map(|o| ObjectRef::from_obj(o.as_ref()))
+                .collect::<Vec<_>>()
+        });
+    }
+    let organization_run = organization_ctrl
+        .graceful_shutdown_on(wait(shutdown.clone()))
+        .run(organization::reconcile, error_policy, ctx.clone())
+        .for_each(log_run_error);
+    let all_runs = futures::future::join3(org_user_run, team_run, organization_run);
 
     let readiness = {
         let (org_users, teams, ready) = (org_users.clone(), teams.clone(), ready.clone());
         let ctx = ctx.clone();
         async move {
-            if store_ready(&org_users).await && store_ready(&teams).await {
+            if store_ready(&org_users).await && store_ready(&teams).await && store_ready(&ctx.organizations).await {
                 ready.store(true, Ordering::Relaxed);
                 tracing::info!("caches synced; ready");
                 check_atlas_reachable(&ctx).await;
@@ -609,7 +705,7 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
     match leadership {
         Some(mut leadership) => {
             tokio::select! {
-                _ = futures::future::join(org_user_run, team_run) => {}
+                _ = all_runs => {}
                 _ = leadership.lost() => {
                     lost_leadership = true;
                     ctx.metrics.set_leader(false);
@@ -619,7 +715,7 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
             leadership.release().await;
         }
         None => {
-            futures::future::join(org_user_run, team_run).await;
+            all_runs.await;
         }
     }
     shutdown.notify_waiters();
@@ -674,10 +770,11 @@ fn hostname() -> String {
 /// Startup check: the default credentials can read each organization the objects name.
 /// A warning, never fatal: objects with their own Secret may not need them.
 async fn check_atlas_reachable(ctx: &Context) {
-    if ctx.clients.secret_for("", None).is_none() {
+    let from = credentials::CredentialsRef::default();
+    if ctx.clients.secret_for(from).is_none() {
         return;
     }
-    let client = match ctx.clients.client_for(&ctx.kube, "", None, false).await {
+    let client = match ctx.clients.client_for(&ctx.kube, from, false).await {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(error = %e, "default Atlas credentials are not usable");

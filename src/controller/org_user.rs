@@ -5,10 +5,11 @@ use kube::ResourceExt;
 
 use super::Context;
 use super::object::Managed;
-use crate::api::{AtlasOrgUser, AtlasOrgUserStatus, DeletionPolicy};
+use crate::api::{AtlasOrgUser, AtlasOrgUserStatus};
 use crate::atlas::{AtlasClient, AtlasError};
 use crate::engine::{self, Mode, Report};
 use crate::reconcile::OrgUserPlan;
+use crate::reconcile::tenancy::Request;
 use crate::reconcile::{Claim, username_key};
 
 /// Other live objects that claim the same (orgId, username).
@@ -36,8 +37,8 @@ impl Managed for AtlasOrgUser {
         self.spec.credentials_secret_ref.as_ref().map(|r| r.name.as_str())
     }
 
-    fn deletion_policy(&self) -> DeletionPolicy {
-        self.spec.deletion_policy
+    fn tenancy_request(&self) -> Request<'_> {
+        Request::OrgUser(&self.spec)
     }
 
     fn left_in_atlas(&self) -> String {

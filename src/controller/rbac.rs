@@ -6,11 +6,19 @@
 //! shipped RBAC can neither miss a permission the code needs nor grant one it does not use.
 //! CRD presence is checked through API discovery, which needs no RBAC rule.
 
-/// When a rule is needed.
+/// When and where a rule is needed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RuleScope {
-    /// Whenever the operator runs.
+    /// Whenever the operator runs, where it watches (every namespace, or the `--namespace`).
     Always,
+    /// Cluster-scoped resources (AtlasOrganization, Namespace): a ClusterRole, whatever is watched.
+    Cluster,
+    /// Only in the operator's own namespace (a Role): credentials Secrets of AtlasOrganizations
+    /// and of the default; never cluster-wide.
+    OperatorNamespace,
+    /// Only in a tenant namespace that grants it (a RoleBinding there to the tenant ClusterRole),
+    /// for an object's own `credentialsSecretRef`.
+    TenantNamespace,
     /// Only with `--leader-election` (the Lease lives in the operator's own namespace).
     LeaderElection,
 }
@@ -80,11 +88,38 @@ pub const TEAM_MEMBERSHIPS_FINALIZERS: Rule = Rule {
     when: RuleScope::Always,
 };
 
-/// Credentials: `Api<Secret>::get` reads the referenced (or default) Secret on reconcile;
-/// `Controller::watches(Api<PartialObjectMeta<Secret>>)` lists and watches, metadata only,
-/// the Secrets labelled `atlas.mongodb.com/type=credentials` so a rotation re-reconciles.
+/// Credentials in the operator's namespace: `Api<Secret>::get` reads an AtlasOrganization's (or
+/// the default) Secret on reconcile; `Controller::watches(Api<PartialObjectMeta<Secret>>)` lists
+/// and watches there, metadata only, the Secrets labelled `atlas.mongodb.com/type=credentials`
+/// so a rotation re-reconciles.
 pub const SECRETS: Rule =
-    Rule { api_group: "", resource: "secrets", verbs: &["get", "list", "watch"], when: RuleScope::Always };
+    Rule { api_group: "", resource: "secrets", verbs: &["get", "list", "watch"], when: RuleScope::OperatorNamespace };
+
+/// A tenant's own Secret (`spec.credentialsSecretRef`): `Api<Secret>::get` in the object's
+/// namespace, only where that namespace binds the tenant ClusterRole.
+pub const TENANT_SECRETS: Rule =
+    Rule { api_group: "", resource: "secrets", verbs: &["get"], when: RuleScope::TenantNamespace };
+
+/// `Controller::new(Api<AtlasOrganization>::all)` and the watches of both kinds' controllers list
+/// and watch AtlasOrganizations (get for the reflector's re-reads).
+pub const ORGANIZATIONS: Rule = Rule {
+    api_group: "atlas-access.dev",
+    resource: "atlasorganizations",
+    verbs: &["get", "list", "watch"],
+    when: RuleScope::Cluster,
+};
+
+/// AtlasOrganization status writes: `Api::patch_status` with `Patch::Apply`.
+pub const ORGANIZATIONS_STATUS: Rule = Rule {
+    api_group: "atlas-access.dev",
+    resource: "atlasorganizations/status",
+    verbs: &["patch"],
+    when: RuleScope::Cluster,
+};
+
+/// `Api<Namespace>::get`: an object's namespace labels, when an AtlasOrganization's
+/// `namespaceSelector` decides whether the namespace may manage the organization.
+pub const NAMESPACES: Rule = Rule { api_group: "", resource: "namespaces", verbs: &["get"], when: RuleScope::Cluster };
 
 /// `kube::runtime::events::Recorder::publish`: a POST for a new event, a PATCH when the same
 /// event repeats and becomes a series.
@@ -109,11 +144,15 @@ pub const REQUIRED_RULES: &[Rule] = &[
     ORG_USERS_FINALIZERS,
     TEAM_MEMBERSHIPS_FINALIZERS,
     SECRETS,
+    TENANT_SECRETS,
+    ORGANIZATIONS,
+    ORGANIZATIONS_STATUS,
+    NAMESPACES,
     EVENTS,
     LEASES,
 ];
 
 /// The rules an operator started with (`true`) or without (`false`) `--leader-election` needs.
 pub fn required_rules(leader_election: bool) -> impl Iterator<Item = &'static Rule> {
-    REQUIRED_RULES.iter().filter(move |r| leader_election || r.when == RuleScope::Always)
+    REQUIRED_RULES.iter().filter(move |r| leader_election || r.when != RuleScope::LeaderElection)
 }

@@ -5,10 +5,11 @@ use kube::ResourceExt;
 
 use super::object::Managed;
 use super::{Context, org_user_refs};
-use crate::api::{AtlasTeamMembership, AtlasTeamMembershipStatus, DeletionPolicy};
+use crate::api::{AtlasTeamMembership, AtlasTeamMembershipStatus};
 use crate::atlas::{AtlasClient, AtlasError};
 use crate::engine::{self, Mode, Report};
 use crate::reconcile::TeamPlan;
+use crate::reconcile::tenancy::Request;
 
 impl Managed for AtlasTeamMembership {
     type Plan = TeamPlan;
@@ -23,8 +24,8 @@ impl Managed for AtlasTeamMembership {
         self.spec.credentials_secret_ref.as_ref().map(|r| r.name.as_str())
     }
 
-    fn deletion_policy(&self) -> DeletionPolicy {
-        self.spec.deletion_policy
+    fn tenancy_request(&self) -> Request<'_> {
+        Request::TeamMembership(&self.spec)
     }
 
     fn left_in_atlas(&self) -> String {

@@ -4,6 +4,13 @@
 //! makes. Steady state then costs one listing per organization and interval, not one lookup
 //! per object.
 //!
+//! Snapshots are kept per (organization, credential identity): a credential is only ever
+//! served a listing it made itself, successfully, within the refresh interval (or one updated
+//! from its own writes' answers). A junk or foreign key never reads another key's listing;
+//! it lists for itself and meets Atlas's refusal. A write made with one credential marks the
+//! other credentials' snapshots of that organization stale, so they list again instead of
+//! planning from what they no longer know.
+//!
 //! The index also remembers which team a `TeamRef` names (id and name), so a team membership
 //! costs one member listing per reconcile instead of a lookup plus a listing. Team names
 //! change rarely; a stale name is corrected when the member listing answers 404 or the team
@@ -17,7 +24,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::atlas::models::{OrgUser, Team};
-use crate::atlas::{AtlasClient, AtlasError, ListOrgUsersQuery};
+use crate::atlas::{AtlasClient, AtlasError, CredentialIdentity, ListOrgUsersQuery};
 use crate::reconcile::{Action, ActionOutcome, OrgUserDirectory};
 
 /// How long a remembered team (id and name) is trusted by default.
@@ -49,9 +56,9 @@ struct TeamEntry {
 pub struct OrgUserIndex {
     refresh_interval: Duration,
     team_refresh_interval: Duration,
-    orgs: Mutex<HashMap<String, Arc<OrgEntry>>>,
-    /// (org id, "id:<id>" | "name:<lowercase name>") -> team.
-    teams: Mutex<HashMap<(String, String), TeamEntry>>,
+    orgs: Mutex<HashMap<(String, CredentialIdentity), Arc<OrgEntry>>>,
+    /// (org id, credential, "id:<id>" | "name:<lowercase name>") -> team.
+    teams: Mutex<HashMap<TeamKey, TeamEntry>>,
     listings: AtomicU64,
 }
 
@@ -64,10 +71,12 @@ impl std::fmt::Debug for OrgUserIndex {
     }
 }
 
-fn team_keys(org_id: &str, team: &Team) -> [(String, String); 2] {
+type TeamKey = (String, CredentialIdentity, String);
+
+fn team_keys(org_id: &str, who: CredentialIdentity, team: &Team) -> [TeamKey; 2] {
     [
-        (org_id.to_string(), format!("id:{}", team.id)),
-        (org_id.to_string(), format!("name:{}", team.name.to_lowercase())),
+        (org_id.to_string(), who, format!("id:{}", team.id)),
+        (org_id.to_string(), who, format!("name:{}", team.name.to_lowercase())),
     ]
 }
 
@@ -98,8 +107,14 @@ impl OrgUserIndex {
         self.listings.load(Ordering::Relaxed)
     }
 
-    fn entry(&self, org_id: &str) -> Arc<OrgEntry> {
-        self.orgs.lock().expect("index lock").entry(org_id.to_string()).or_default().clone()
+    fn entry(&self, org_id: &str, who: CredentialIdentity) -> Arc<OrgEntry> {
+        self.orgs.lock().expect("index lock").entry((org_id.to_string(), who)).or_default().clone()
+    }
+
+    /// Every other credential's entry for the organization.
+    fn others(&self, org_id: &str, who: CredentialIdentity) -> Vec<Arc<OrgEntry>> {
+        let orgs = self.orgs.lock().expect("index lock");
+        orgs.iter().filter(|((org, id), _)| org == org_id && *id != who).map(|(_, e)| e.clone()).collect()
     }
 
     fn fresh(&self, state: &OrgState) -> Option<Arc<OrgUserDirectory>> {
@@ -107,9 +122,10 @@ impl OrgUserIndex {
         (at.elapsed() < self.refresh_interval).then(|| state.snapshot.clone()).flatten()
     }
 
-    /// A snapshot of every user of the organization, listed again (all pages, all four
-    /// membership statuses) when older than the refresh interval. One listing at a time per
-    /// organization: concurrent callers wait for it and share its result.
+    /// A snapshot of every user of the organization as `client`'s credential sees it, listed
+    /// again (all pages, all four membership statuses) when older than the refresh interval.
+    /// One listing at a time per (organization, credential): concurrent callers with the same
+    /// credential wait for it and share its result; a failed listing is served to no one.
     pub async fn directory(&self, client: &AtlasClient, org_id: &str) -> Result<OrgUserDirectory, AtlasError> {
         Ok(self.shared_directory(client, org_id).await?.as_ref().clone())
     }
@@ -120,7 +136,7 @@ impl OrgUserIndex {
         client: &AtlasClient,
         org_id: &str,
     ) -> Result<Arc<OrgUserDirectory>, AtlasError> {
-        let entry = self.entry(org_id);
+        let entry = self.entry(org_id, client.credential_identity());
         if let Some(snapshot) = self.fresh(&entry.state.lock().expect("index lock")) {
             return Ok(snapshot);
         }
@@ -147,10 +163,16 @@ impl OrgUserIndex {
         Ok(snapshot)
     }
 
-    /// Update the organization's snapshot after one executed action (the user Atlas returned,
-    /// or a removal).
-    pub fn apply(&self, org_id: &str, action: &Action, outcome: &ActionOutcome) {
-        let entry = self.entry(org_id);
+    /// Update `client`'s snapshot of the organization after one action it executed (the user
+    /// Atlas returned, or a removal); other credentials' snapshots of it become stale.
+    pub fn apply(&self, client: &AtlasClient, org_id: &str, action: &Action, outcome: &ActionOutcome) {
+        let who = client.credential_identity();
+        if matches!(outcome, ActionOutcome::Done(_)) {
+            for other in self.others(org_id, who) {
+                other.state.lock().expect("index lock").listed_at = None;
+            }
+        }
+        let entry = self.entry(org_id, who);
         let mut state = entry.state.lock().expect("index lock");
         if let Some(writes) = state.writes_during_listing.as_mut() {
             writes.push((action.clone(), outcome.clone()));
@@ -160,47 +182,65 @@ impl OrgUserIndex {
         }
     }
 
-    /// Record a user as Atlas just reported it (an invitation that met an existing user).
-    pub fn upsert(&self, org_id: &str, user: &OrgUser) {
-        let entry = self.entry(org_id);
+    /// Record a user as Atlas just reported it to `client` (an invitation that met an existing user).
+    pub fn upsert(&self, client: &AtlasClient, org_id: &str, user: &OrgUser) {
+        let entry = self.entry(org_id, client.credential_identity());
         let mut state = entry.state.lock().expect("index lock");
         if let Some(snapshot) = state.snapshot.as_mut() {
             Arc::make_mut(snapshot).upsert(user.clone());
         }
     }
 
-    /// The organization's last snapshot, however old, without listing (for the audit, which
-    /// must cost no call of its own); None before the first listing.
+    /// The organization's most recent snapshot among the credentials that listed it, however
+    /// old, without listing: for the operator's own audit metrics, which must cost no call of
+    /// their own (never for an object's status: that reads only its own credential's listing).
     pub fn cached(&self, org_id: &str) -> Option<Arc<OrgUserDirectory>> {
-        self.orgs.lock().expect("index lock").get(org_id)?.state.lock().expect("index lock").snapshot.clone()
+        let entries: Vec<Arc<OrgEntry>> = {
+            let orgs = self.orgs.lock().expect("index lock");
+            orgs.iter().filter(|((org, _), _)| org == org_id).map(|(_, e)| e.clone()).collect()
+        };
+        entries
+            .iter()
+            .filter_map(|e| {
+                let state = e.state.lock().expect("index lock");
+                Some((state.listed_at?, state.snapshot.clone()?))
+            })
+            .max_by_key(|(at, _)| *at)
+            .map(|(_, snapshot)| snapshot)
     }
 
-    /// Forget the organization's snapshot: the next [`OrgUserIndex::directory`] lists again.
+    /// Forget every credential's snapshot of the organization: the next
+    /// [`OrgUserIndex::directory`] lists again.
     pub fn invalidate(&self, org_id: &str) {
-        let entry = self.entry(org_id);
-        let mut state = entry.state.lock().expect("index lock");
-        state.listed_at = None;
-        state.snapshot = None;
+        let entries: Vec<Arc<OrgEntry>> = {
+            let orgs = self.orgs.lock().expect("index lock");
+            orgs.iter().filter(|((org, _), _)| org == org_id).map(|(_, e)| e.clone()).collect()
+        };
+        for entry in entries {
+            let mut state = entry.state.lock().expect("index lock");
+            state.listed_at = None;
+            state.snapshot = None;
+        }
     }
 
     /// The team remembered for `key` (`id:<id>` or `name:<lowercase name>`), if still trusted.
-    pub(crate) fn team(&self, org_id: &str, key: &str) -> Option<Team> {
+    pub(crate) fn team(&self, client: &AtlasClient, org_id: &str, key: &str) -> Option<Team> {
         let teams = self.teams.lock().expect("index lock");
-        let entry = teams.get(&(org_id.to_string(), key.to_string()))?;
+        let entry = teams.get(&(org_id.to_string(), client.credential_identity(), key.to_string()))?;
         (entry.seen_at.elapsed() < self.team_refresh_interval).then(|| entry.team.clone())
     }
 
-    pub(crate) fn remember_team(&self, org_id: &str, team: &Team) {
+    pub(crate) fn remember_team(&self, client: &AtlasClient, org_id: &str, team: &Team) {
         let mut teams = self.teams.lock().expect("index lock");
         let seen_at = Instant::now();
-        for key in team_keys(org_id, team) {
+        for key in team_keys(org_id, client.credential_identity(), team) {
             teams.insert(key, TeamEntry { team: team.clone(), seen_at });
         }
     }
 
-    pub(crate) fn forget_team(&self, org_id: &str, team: &Team) {
+    pub(crate) fn forget_team(&self, client: &AtlasClient, org_id: &str, team: &Team) {
         let mut teams = self.teams.lock().expect("index lock");
-        for key in team_keys(org_id, team) {
+        for key in team_keys(org_id, client.credential_identity(), team) {
             teams.remove(&key);
         }
     }

@@ -306,15 +306,15 @@ pub async fn observe_team_indexed(
     org_id: &str,
     team: &TeamRef,
 ) -> Result<Option<ObservedTeam>, AtlasError> {
-    if let Some(known) = team_key(team).and_then(|key| index.team(org_id, &key)) {
+    if let Some(known) = team_key(team).and_then(|key| index.team(client, org_id, &key)) {
         match members_of(client, org_id, known.clone()).await? {
             Some(observed) => return Ok(Some(observed)),
             // Deleted, or (by name) replaced: look it up again.
-            None => index.forget_team(org_id, &known),
+            None => index.forget_team(client, org_id, &known),
         }
     }
     let Some(found) = lookup_team(client, org_id, team).await? else { return Ok(None) };
-    index.remember_team(org_id, &found);
+    index.remember_team(client, org_id, &found);
     members_of(client, org_id, found).await
 }
 
@@ -455,10 +455,10 @@ pub async fn reconcile_org_user(
         Mode::Apply => {
             execute_observed(client, &plan.plan, |action, outcome, existing| {
                 notices::audit("AtlasOrgUser", &asked_by, action, outcome);
-                index.apply(org_of(action), action, outcome);
+                index.apply(client, org_of(action), action, outcome);
                 mine.apply(action, outcome);
                 if let Some(user) = existing {
-                    index.upsert(org_of(action), user);
+                    index.upsert(client, org_of(action), user);
                     mine.upsert(user.clone());
                 }
             })
@@ -532,7 +532,7 @@ pub async fn reconcile_team_membership(
         let mut fresh_directory = directory.as_ref().clone();
         let outcomes = execute_observed(client, &plan.plan, |action, outcome, _| {
             notices::audit("AtlasTeamMembership", &asked_by, action, outcome);
-            index.apply(org_of(action), action, outcome);
+            index.apply(client, org_of(action), action, outcome);
             fresh_directory.apply(action, outcome);
             if let Some(team) = fresh_team.as_mut() {
                 team.apply(action, outcome);

@@ -168,7 +168,7 @@ fn org_user(
             project_roles,
             team_ids,
             credentials_secret_ref: secret_ref(options),
-            deletion_policy: DeletionPolicy::Orphan,
+            deletion_policy: Some(DeletionPolicy::Orphan),
             reinvite: ReinvitePolicy::default(),
         },
         status: None,
@@ -229,7 +229,7 @@ pub fn export_org(snapshot: &OrgSnapshot, options: &ExportOptions) -> Exported {
                     .collect(),
                 mode: MembershipMode::Additive,
                 credentials_secret_ref: secret_ref(options),
-                deletion_policy: DeletionPolicy::Orphan,
+                deletion_policy: Some(DeletionPolicy::Orphan),
             },
             status: None,
         });

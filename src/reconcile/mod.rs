@@ -19,6 +19,7 @@ pub mod export;
 mod org_user;
 mod outcome;
 mod team;
+pub mod tenancy;
 
 use std::fmt;
 
@@ -81,6 +82,12 @@ impl Claim {
 
     fn order_key(&self) -> (bool, Option<Timestamp>, &str, &str) {
         (self.created.is_none(), self.created, &self.namespace, &self.name)
+    }
+
+    /// How this claim is named to `viewer`: `namespace/name` in the viewer's own namespace,
+    /// else without naming it (a tenant never learns another namespace's objects).
+    pub fn seen_from(&self, viewer: &Claim) -> String {
+        if self.namespace == viewer.namespace { self.to_string() } else { "an object in another namespace".to_string() }
     }
 
     /// The claim that owns among `self` and `others`.

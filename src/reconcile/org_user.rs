@@ -157,10 +157,13 @@ pub fn plan_org_user(input: &OrgUserInput) -> OrgUserPlan {
         if input.deleting {
             // The owner still manages the user: nothing to clean up.
             let mut plan = Plan::new(FailureMode::Sequential, true);
-            plan.notes.push(format!("{owner} manages this Atlas user; deleting this object leaves it alone"));
+            plan.notes.push(format!(
+                "{} manages this Atlas user; deleting this object leaves it alone",
+                owner.seen_from(&input.claim)
+            ));
             return OrgUserPlan { plan, adopted: previous_adopted };
         }
-        return held(Hold::Conflict { owner: owner.to_string() });
+        return held(Hold::Conflict { owner: owner.seen_from(&input.claim) });
     }
     if input.paused {
         return held(Hold::Paused);
@@ -293,7 +296,7 @@ fn converge(spec: &AtlasOrgUserSpec, user: &OrgUser, actions: &mut Vec<Action>) 
 fn plan_deletion(input: &OrgUserInput) -> Plan {
     let spec = input.spec;
     let mut plan = Plan::new(FailureMode::Sequential, true);
-    if spec.deletion_policy == DeletionPolicy::Orphan {
+    if spec.deletion_policy == Some(DeletionPolicy::Orphan) {
         plan.notes.push("deletionPolicy Orphan: Atlas is left alone".into());
         return plan;
     }

@@ -164,7 +164,7 @@ pub fn plan_team_membership(input: &TeamInput) -> TeamPlan {
     };
 
     if input.deleting {
-        if spec.deletion_policy == DeletionPolicy::Orphan {
+        if spec.deletion_policy == Some(DeletionPolicy::Orphan) {
             plan.notes.push("deletionPolicy Orphan: the team is left alone".into());
             return TeamPlan { plan, members };
         }

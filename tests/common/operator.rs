@@ -47,33 +47,94 @@ fn user_subject(user: &str) -> Subject {
     }
 }
 
-/// Grants `user` exactly the ClusterRole of `deploy/manifests` (and, for leader election,
-/// the chart's lease Role, in `namespace`). Names are unique per test namespace.
+/// Grants `user` exactly the RBAC of `deploy/manifests/03-rbac.yaml`, with the release namespace
+/// replaced by `namespace` (the operator's namespace in the test): the ClusterRoles and their
+/// bindings (renamed per test), the Role for Secrets there, and the tenant Secrets ClusterRole,
+/// bound nowhere until [`RbacGrant::grant_tenant`]. With leader election also the chart's lease
+/// Role, in `namespace`.
 pub async fn grant_shipped_rbac(admin: &Client, namespace: &str, user: &str, leader_election: bool) -> RbacGrant {
-    let name = format!("aao-e2e-{namespace}");
     let params = PatchParams::apply(TEST_MANAGER).force();
-    let rbac = docs("deploy/manifests/03-rbac.yaml");
-    let mut role: ClusterRole =
-        serde_json::from_value(rbac.iter().find(|d| d["kind"] == "ClusterRole").expect("a ClusterRole").clone())
-            .unwrap();
-    role.metadata = kube::api::ObjectMeta { name: Some(name.clone()), ..Default::default() };
-    let roles: Api<ClusterRole> = Api::all(admin.clone());
-    roles.patch(&name, &params, &Patch::Apply(&role)).await.expect("apply ClusterRole");
-    let binding = ClusterRoleBinding {
-        metadata: kube::api::ObjectMeta { name: Some(name.clone()), ..Default::default() },
-        role_ref: k8s_openapi::api::rbac::v1::RoleRef {
-            api_group: Some("rbac.authorization.k8s.io".into()),
-            kind: "ClusterRole".into(),
-            name: name.clone(),
-        },
-        subjects: Some(vec![user_subject(user)]),
+    let renamed = |name: &str| format!("{name}-{namespace}");
+    let mut grant = RbacGrant {
+        cluster_names: Vec::new(),
+        tenant_role: String::new(),
+        user: user.to_string(),
+        client: admin.clone(),
     };
-    let bindings: Api<ClusterRoleBinding> = Api::all(admin.clone());
-    bindings.patch(&name, &params, &Patch::Apply(&binding)).await.expect("apply ClusterRoleBinding");
+    for doc in docs("deploy/manifests/03-rbac.yaml") {
+        let name = doc["metadata"]["name"].as_str().unwrap().to_string();
+        match doc["kind"].as_str().unwrap() {
+            "ClusterRole" => {
+                let mut role: ClusterRole = serde_json::from_value(doc.clone()).unwrap();
+                role.metadata = kube::api::ObjectMeta { name: Some(renamed(&name)), ..Default::default() };
+                Api::<ClusterRole>::all(admin.clone())
+                    .patch(&renamed(&name), &params, &Patch::Apply(&role))
+                    .await
+                    .expect("apply ClusterRole");
+                if doc["metadata"]["labels"]["atlas-access.dev/bind-per-namespace"] == "true" {
+                    grant.tenant_role = renamed(&name);
+                }
+                grant.cluster_names.push(renamed(&name));
+            }
+            "ClusterRoleBinding" => {
+                let binding = ClusterRoleBinding {
+                    metadata: kube::api::ObjectMeta { name: Some(renamed(&name)), ..Default::default() },
+                    role_ref: k8s_openapi::api::rbac::v1::RoleRef {
+                        api_group: Some("rbac.authorization.k8s.io".into()),
+                        kind: "ClusterRole".into(),
+                        name: renamed(doc["roleRef"]["name"].as_str().unwrap()),
+                    },
+                    subjects: Some(vec![user_subject(user)]),
+                };
+                Api::<ClusterRoleBinding>::all(admin.clone())
+                    .patch(&renamed(&name), &params, &Patch::Apply(&binding))
+                    .await
+                    .expect("apply ClusterRoleBinding");
+            }
+            "Role" => {
+                let mut role: Role = serde_json::from_value(doc.clone()).unwrap();
+                role.metadata = kube::api::ObjectMeta {
+                    name: Some(name.clone()),
+                    namespace: Some(namespace.into()),
+                    ..Default::default()
+                };
+                Api::<Role>::namespaced(admin.clone(), namespace)
+                    .patch(&name, &params, &Patch::Apply(&role))
+                    .await
+                    .expect("apply Role");
+            }
+            "RoleBinding" => {
+                let role_ref: k8s_openapi::api::rbac::v1::RoleRef =
+                    serde_json::from_value(doc["roleRef"].clone()).unwrap();
+                assert_eq!(role_ref.kind, "Role", "the default render binds no tenant namespace");
+                let binding = RoleBinding {
+                    metadata: kube::api::ObjectMeta {
+                        name: Some(name.clone()),
+                        namespace: Some(namespace.into()),
+                        ..Default::default()
+                    },
+                    role_ref,
+                    subjects: Some(vec![user_subject(user)]),
+                };
+                Api::<RoleBinding>::namespaced(admin.clone(), namespace)
+                    .patch(&name, &params, &Patch::Apply(&binding))
+                    .await
+                    .expect("apply RoleBinding");
+            }
+            other => panic!("03-rbac.yaml: unexpected {other}"),
+        }
+    }
+    assert!(!grant.tenant_role.is_empty(), "03-rbac.yaml has the tenant Secrets ClusterRole");
     if leader_election {
         let rendered = docs("tests/helm/rendered/leader-election.yaml");
-        let mut role: Role =
-            serde_json::from_value(rendered.iter().find(|d| d["kind"] == "Role").expect("lease Role").clone()).unwrap();
+        let mut role: Role = serde_json::from_value(
+            rendered
+                .iter()
+                .find(|d| d["kind"] == "Role" && d["metadata"]["name"].as_str().unwrap().ends_with("-leader-election"))
+                .expect("lease Role")
+                .clone(),
+        )
+        .unwrap();
         let role_name = role.metadata.name.clone().unwrap();
         role.metadata = kube::api::ObjectMeta {
             name: Some(role_name.clone()),
@@ -102,19 +163,50 @@ pub async fn grant_shipped_rbac(admin: &Client, namespace: &str, user: &str, lea
             .await
             .expect("apply lease RoleBinding");
     }
-    RbacGrant { name, client: admin.clone() }
+    grant
 }
 
 /// Cluster-scoped RBAC objects of one test; namespaced ones go with the namespace.
 pub struct RbacGrant {
-    name: String,
+    cluster_names: Vec<String>,
+    /// The tenant Secrets ClusterRole of this test (`--tenant-secrets-cluster-role`).
+    pub tenant_role: String,
+    user: String,
     client: Client,
 }
 
 impl RbacGrant {
+    /// What a tenant does to let the operator read its own Secret: a RoleBinding in its
+    /// namespace to the tenant Secrets ClusterRole.
+    pub async fn grant_tenant(&self, tenant_namespace: &str) {
+        let binding = RoleBinding {
+            metadata: kube::api::ObjectMeta {
+                name: Some("atlas-access-operator-tenant-secrets".into()),
+                namespace: Some(tenant_namespace.into()),
+                ..Default::default()
+            },
+            role_ref: k8s_openapi::api::rbac::v1::RoleRef {
+                api_group: Some("rbac.authorization.k8s.io".into()),
+                kind: "ClusterRole".into(),
+                name: self.tenant_role.clone(),
+            },
+            subjects: Some(vec![user_subject(&self.user)]),
+        };
+        Api::<RoleBinding>::namespaced(self.client.clone(), tenant_namespace)
+            .patch(
+                "atlas-access-operator-tenant-secrets",
+                &PatchParams::apply(TEST_MANAGER).force(),
+                &Patch::Apply(&binding),
+            )
+            .await
+            .expect("apply tenant RoleBinding");
+    }
+
     pub async fn revoke(self) {
-        let _ = Api::<ClusterRoleBinding>::all(self.client.clone()).delete(&self.name, &DeleteParams::default()).await;
-        let _ = Api::<ClusterRole>::all(self.client.clone()).delete(&self.name, &DeleteParams::default()).await;
+        for name in &self.cluster_names {
+            let _ = Api::<ClusterRoleBinding>::all(self.client.clone()).delete(name, &DeleteParams::default()).await;
+            let _ = Api::<ClusterRole>::all(self.client.clone()).delete(name, &DeleteParams::default()).await;
+        }
     }
 }
 

@@ -48,6 +48,9 @@ def test_cases_cover_every_documented_option():
     assert keys(defaults) - touched == NOT_VARIED
 
 
+CLUSTER_SCOPED = ("ClusterRole", "ClusterRoleBinding", "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
+
+
 @pytest.mark.parametrize("case", rm.cases())
 def test_every_case_renders_named_objects(case):
     documents = [yaml.safe_load(body) for _, body in rm.render(rm.load_values(case))]
@@ -56,7 +59,7 @@ def test_every_case_renders_named_objects(case):
     assert kinds.count("Deployment") == 1 and "Service" in kinds
     for doc in documents:
         assert doc["apiVersion"] and doc["metadata"]["name"], doc
-        if doc["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+        if doc["kind"] not in CLUSTER_SCOPED:
             assert doc["metadata"].get("namespace"), f"{doc['kind']} {doc['metadata']['name']} has no namespace"
 
 
@@ -113,3 +116,45 @@ def test_image_tag_defaults_to_app_version():
     assert image == f"ghcr.io/atlas-access/atlas-access-operator:{app_version}"
     (deployment,) = [yaml.safe_load(b) for t, b in rm.render({"image": {"tag": "1.2.3"}}) if t == "deployment.yaml"]
     assert deployment["spec"]["template"]["spec"]["containers"][0]["image"].endswith(":1.2.3")
+
+
+def _rbac(values: dict) -> tuple[list[dict], list[dict]]:
+    documents = [yaml.safe_load(body) for _, body in rm.render(values)]
+    roles = [d for d in documents if d["kind"] in ("ClusterRole", "Role")]
+    bindings = [d for d in documents if d["kind"] in ("ClusterRoleBinding", "RoleBinding")]
+    return roles, bindings
+
+
+@pytest.mark.parametrize(
+    ("values", "tenant_namespaces"),
+    [
+        ({}, []),
+        ({"tenancy": {"tenantNamespaces": ["team-a", "team-b"]}}, ["team-a", "team-b"]),
+        ({"watch": {"namespace": "team-a"}}, ["team-a"]),
+        ({"watch": {"namespace": "team-a"}, "tenancy": {"tenantNamespaces": ["team-a", "x"]}}, ["team-a", "x"]),
+    ],
+)
+def test_secrets_are_read_only_in_the_release_namespace_and_granted_tenants(values, tenant_namespaces):
+    """Least privilege in each mode: no ClusterRole bound cluster-wide grants Secrets; a Role in
+    the release namespace does; tenant namespaces get a RoleBinding to the tenant ClusterRole."""
+    roles, bindings = _rbac(values)
+    cluster_bound = {b["roleRef"]["name"] for b in bindings if b["kind"] == "ClusterRoleBinding"}
+    for role in roles:
+        grants_secrets = any("secrets" in rule.get("resources", []) for rule in role["rules"])
+        if role["kind"] == "ClusterRole" and role["metadata"]["name"] in cluster_bound:
+            assert not grants_secrets, role["metadata"]["name"]
+    secret_roles = [r for r in roles if r["kind"] == "Role" and r["metadata"]["name"].endswith("-secrets")]
+    assert [r["metadata"]["namespace"] for r in secret_roles] == [rm.RELEASE_NAMESPACE]
+    tenant = sorted(
+        b["metadata"]["namespace"]
+        for b in bindings
+        if b["kind"] == "RoleBinding" and b["roleRef"]["kind"] == "ClusterRole"
+    )
+    assert tenant == tenant_namespaces
+
+
+@pytest.mark.parametrize(("enabled", "count"), [(True, 2), (False, 0)])
+def test_admission_policy_follows_its_value(enabled, count):
+    documents = [yaml.safe_load(body) for _, body in rm.render({"tenancy": {"admissionPolicy": {"enabled": enabled}}})]
+    kinds = [d["kind"] for d in documents if d["kind"].startswith("ValidatingAdmissionPolicy")]
+    assert len(kinds) == count

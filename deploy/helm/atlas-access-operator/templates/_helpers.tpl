@@ -74,10 +74,36 @@ REQUIRED_RULES in src/controller/rbac.rs (the scope Always) by tests/deploy.rs.
 - apiGroups: ["atlas-access.dev"]
   resources: ["atlasorgusers/finalizers", "atlasteammemberships/finalizers"]
   verbs: ["update"]
-- apiGroups: [""]
-  resources: ["secrets"]
-  verbs: ["get", "list", "watch"]
 - apiGroups: ["events.k8s.io"]
   resources: ["events"]
   verbs: ["create", "patch"]
+{{- end }}
+
+{{/*
+Cluster-scoped reads and writes (REQUIRED_RULES, scope Cluster): AtlasOrganizations and the
+labels of namespaces, whatever the operator watches.
+*/}}
+{{- define "atlas-access-operator.clusterRules" -}}
+- apiGroups: ["atlas-access.dev"]
+  resources: ["atlasorganizations"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["atlas-access.dev"]
+  resources: ["atlasorganizations/status"]
+  verbs: ["patch"]
+- apiGroups: [""]
+  resources: ["namespaces"]
+  verbs: ["get"]
+{{- end }}
+
+{{/* The ClusterRole a tenant namespace binds so the operator may read its own credentials Secret. */}}
+{{- define "atlas-access-operator.tenantSecretsRole" -}}
+{{- printf "%s-tenant-secrets" (include "atlas-access-operator.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Namespaces the chart grants that read in: tenancy.tenantNamespaces, plus a watched namespace. */}}
+{{- define "atlas-access-operator.tenantNamespaces" -}}
+{{- $namespaces := list }}
+{{- range .Values.tenancy.tenantNamespaces }}{{ $namespaces = append $namespaces . }}{{ end }}
+{{- with .Values.watch.namespace }}{{ $namespaces = append $namespaces . }}{{ end }}
+{{- $namespaces | uniq | sortAlpha | join "," }}
 {{- end }}
