@@ -350,6 +350,8 @@ async fn deletion_with_policy_delete_removes_the_user_then_the_finalizer() {
     obj.status = Some(AtlasOrgUserStatus {
         user_id: Some(user_id.clone()),
         membership_status: Some("ACTIVE".into()),
+        // The operator invited alice: deleting the object removes her.
+        adopted: Some(false),
         observed_generation: Some(1),
         ..Default::default()
     });
@@ -630,7 +632,9 @@ async fn deletion_after_the_secret_is_gone_falls_back_to_the_default_credentials
     let sim = start_sim();
     let user_id = sim.state().add_user(ORG, USERNAME, MembershipStatus::Active, &["ORG_MEMBER"]);
     sim.state().reset_counters();
-    let obj = deleting(finalized(alice("Delete")));
+    let mut obj = deleting(finalized(alice("Delete")));
+    // The operator invited alice: deleting the object removes her.
+    obj.status = Some(AtlasOrgUserStatus { adopted: Some(false), ..Default::default() });
     let (ctx, mut api) = context_with_default(&sim, store_of(&[&obj]), Some(("operator", "atlas-default")));
     let run = tokio::spawn(reconcile_org_user(Arc::new(obj.clone()), ctx.clone()));
 

@@ -52,6 +52,8 @@ fn org_user(name: &str, org_id: &str, username: &str, roles: &[OrgRole]) -> Atla
         team_ids: vec![],
         credentials_secret_ref: None,
         deletion_policy: Default::default(),
+        adopted_deletion_policy: Default::default(),
+        unlisted_access: Default::default(),
         reinvite: Default::default(),
     };
     AtlasOrgUser { metadata: meta(name), spec, status: None }

@@ -111,6 +111,8 @@ pub enum Error {
     Incomplete { message: String, retry_after: Option<Duration>, transient: bool },
     #[error("deletion blocked: {0}")]
     DeletionBlocked(String),
+    #[error("the ownership record could not be written before granting; nothing was sent: {0}")]
+    OwnershipNotRecorded(String),
     #[error("{0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
@@ -140,7 +142,7 @@ impl Error {
             Error::Incomplete { retry_after: Some(d), .. } => Retry::After(*d),
             Error::Incomplete { transient: true, .. } => Retry::Backoff,
             Error::Incomplete { .. } => Retry::Slow,
-            Error::DeletionBlocked(_) => Retry::Backoff,
+            Error::DeletionBlocked(_) | Error::OwnershipNotRecorded(_) => Retry::Backoff,
             Error::Finalizer(inner) => match inner.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => {
                     e.retry()

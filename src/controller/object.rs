@@ -37,8 +37,19 @@ pub(super) trait Managed:
     fn current_status(&self) -> Option<&Self::Status>;
     fn secret_ref(&self) -> Option<&str>;
     fn deletion_policy(&self) -> DeletionPolicy;
+    /// Whether deleting the object needs an Atlas call, so a finalizer must hold it until
+    /// that is done. Not for `Orphan`, nor under global deletion protection: such objects
+    /// carry no finalizer and delete at once, with or without a running operator.
+    fn needs_finalizer(&self, deletion_protection: bool) -> bool {
+        !deletion_protection && self.deletion_policy() == DeletionPolicy::Delete
+    }
     /// What an orphaning deletion leaves in Atlas, for the event.
     fn left_in_atlas(&self) -> String;
+    /// Why deletion leaves Atlas alone when [`Managed::needs_finalizer`] says no for a reason
+    /// of the kind's own (an adopted user).
+    fn kept_because(&self) -> String {
+        "deletion needs no Atlas call".to_string()
+    }
     /// Observe, plan, execute (or clean up, for an object being deleted).
     fn run_engine(
         &self,
@@ -51,6 +62,9 @@ pub(super) async fn reconcile<K: Managed>(obj: Arc<K>, ctx: Arc<Context>) -> Res
     instrumented(obj.clone(), ctx.clone(), async move {
         let ns = obj.namespace().unwrap_or_default();
         let api: Api<K> = Api::namespaced(ctx.kube.clone(), &ns);
+        if !obj.needs_finalizer(ctx.deletion_protection) {
+            return without_finalizer(&api, obj, &ctx).await;
+        }
         finalizer(&api, FINALIZER, obj, |event| async {
             match event {
                 FinalizerEvent::Apply(o) => converge(&api, o, &ctx, false).await,
@@ -61,6 +75,48 @@ pub(super) async fn reconcile<K: Managed>(obj: Arc<K>, ctx: Arc<Context>) -> Res
         .map_err(|e| Error::Finalizer(Box::new(e)))
     })
     .await
+}
+
+/// An object whose deletion needs no Atlas call: a finalizer it still carries (added before
+/// the policy changed, or before adoption was known) is removed; when it is being deleted
+/// the only thing left is the `Orphaned` event.
+async fn without_finalizer<K: Managed>(api: &Api<K>, obj: Arc<K>, ctx: &Context) -> Result<Action, Error> {
+    let ours = obj.finalizers().iter().position(|f| f == FINALIZER);
+    if obj.meta().deletion_timestamp.is_some() {
+        if let Some(index) = ours {
+            orphaned(obj.as_ref(), ctx).await;
+            remove_finalizer(api, obj.as_ref(), index).await?;
+        }
+        return Ok(Action::await_change());
+    }
+    if let Some(index) = ours {
+        remove_finalizer(api, obj.as_ref(), index).await?;
+    }
+    converge(api, obj, ctx, false).await
+}
+
+/// Removes the finalizer at `index`, testing first that it is still there (as kube-rs does).
+async fn remove_finalizer<K: Managed>(api: &Api<K>, obj: &K, index: usize) -> Result<(), Error> {
+    let path = format!("/metadata/finalizers/{index}");
+    let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
+        {"op": "test", "path": path, "value": FINALIZER},
+        {"op": "remove", "path": path},
+    ]))
+    .expect("a well-formed JSON patch");
+    api.patch::<K>(&obj.name_any(), &kube::api::PatchParams::default(), &kube::api::Patch::Json(patch)).await?;
+    Ok(())
+}
+
+async fn orphaned<K: Managed>(obj: &K, ctx: &Context) {
+    let why = if ctx.deletion_protection {
+        "the operator runs with --deletion-protection".to_string()
+    } else if obj.deletion_policy() == DeletionPolicy::Orphan {
+        "deletionPolicy is Orphan".to_string()
+    } else {
+        obj.kept_because()
+    };
+    ctx.publish(obj, false, "Orphaned", &format!("left {} in Atlas: {why}", obj.left_in_atlas())).await;
+    ctx.metrics.set_ready(K::KIND, &obj.namespace().unwrap_or_default(), &obj.name_any(), None);
 }
 
 fn count_status_write<K: Managed>(ctx: &Context) {
@@ -101,6 +157,10 @@ async fn converge<K: Managed>(api: &Api<K>, obj: Arc<K>, ctx: &Context, deleting
     for event in &report.events {
         ctx.publish(obj.as_ref(), event.warning, &event.reason, &event.note).await;
     }
+    if let Some(why) = report.unrecorded {
+        // Nothing was sent: the next attempt plans, records and grants again.
+        return Err(Error::OwnershipNotRecorded(why));
+    }
     if deleting && report.finalizer_may_be_removed {
         ctx.metrics.set_ready(K::KIND, &ns, &name, None);
         return Ok(Action::await_change());
@@ -133,14 +193,8 @@ async fn converge<K: Managed>(api: &Api<K>, obj: Arc<K>, ctx: &Context, deleting
 
 async fn cleanup<K: Managed>(api: &Api<K>, obj: Arc<K>, ctx: &Context) -> Result<Action, Error> {
     // Orphaning needs no Atlas call, so it needs no credentials either.
-    if ctx.deletion_protection || obj.deletion_policy() == DeletionPolicy::Orphan {
-        let why = if ctx.deletion_protection {
-            "the operator runs with --deletion-protection"
-        } else {
-            "deletionPolicy is Orphan"
-        };
-        ctx.publish(obj.as_ref(), false, "Orphaned", &format!("left {} in Atlas: {why}", obj.left_in_atlas())).await;
-        ctx.metrics.set_ready(K::KIND, &obj.namespace().unwrap_or_default(), &obj.name_any(), None);
+    if !obj.needs_finalizer(ctx.deletion_protection) {
+        orphaned(obj.as_ref(), ctx).await;
         return Ok(Action::await_change());
     }
     converge(api, obj, ctx, true).await
