@@ -191,7 +191,7 @@ async fn access_that_can_be_taken_away() {
     assert_eq!(projects[P3], ["GROUP_READ_ONLY"]);
     assert_eq!(projects[P4], ["GROUP_DATA_ACCESS_READ_ONLY"], "the concurrent grant survives");
     assert!(state.team_member_ids(ORG, T1).is_empty(), "left team one");
-    assert_eq!(state.team_member_ids(ORG, T2), [alice_id.clone()], "team two untouched");
+    assert_eq!(state.team_member_ids(ORG, T2), std::slice::from_ref(&alice_id), "team two untouched");
     assert_eq!(in_org(&state, "alice@example.com"), Some(MembershipStatus::Active), "alice stays in the org");
     assert_eq!(after.status.as_ref().unwrap().on_deletion.map(|e| e.as_str()), Some("RemoveUser"));
 
