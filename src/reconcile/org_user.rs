@@ -249,6 +249,19 @@ fn record_team(granted: &mut GrantedAccess, team_id: &str) {
     }
 }
 
+/// Whether `record` holds a project (or project role) or team that `previous` does not: only
+/// then must it be written before the calls (taking away needs no record first).
+fn adds_to(record: &GrantedAccess, previous: &GrantedAccess) -> bool {
+    let project_added = record.projects.iter().any(|p| {
+        previous
+            .projects
+            .iter()
+            .find(|q| q.project_id == p.project_id)
+            .is_none_or(|q| p.roles.iter().any(|r| !q.roles.contains(r)))
+    });
+    project_added || record.team_ids.iter().any(|t| !previous.has_team(t))
+}
+
 /// What deleting the object does, given the adoption decision and what Atlas reports.
 fn deletion_effect(spec: &AtlasOrgUserSpec, adopted: Option<bool>, user: Option<&OrgUser>) -> DeletionEffect {
     let keeps_adopted = adopted != Some(false) && spec.adopted_deletion_policy == AdoptedDeletionPolicy::Orphan;
@@ -267,7 +280,7 @@ pub fn plan_org_user(input: &OrgUserInput) -> OrgUserPlan {
     let previous_adopted = input.previous.and_then(|s| s.adopted);
     let previous_reinvitations = input.previous.and_then(|s| s.reinvitations);
     let finish = |plan: Plan, adopted: Option<bool>, granted: GrantedAccess, reinvitations: Option<u32>| {
-        let record_first = !plan.actions.is_empty() && granted != previous_granted(input);
+        let record_first = !plan.actions.is_empty() && adds_to(&granted, &previous_granted(input));
         OrgUserPlan {
             on_deletion: deletion_effect(spec, adopted, input.observed),
             plan,
