@@ -167,7 +167,12 @@ async fn operator_end_to_end() {
     // The team memberships converge too (by id, via orgUserRef; by name with usernames).
     let observability = wait_for(WAIT, || async {
         teams.get("observability-team").await.ok().filter(|t| {
-            t.status.as_ref().is_some_and(|s| s.members.len() == 2 && s.team_id.as_deref() == Some(TEAM_ID))
+            // Both members resolved to users (one may be invited a moment after the team's first pass).
+            t.status.as_ref().is_some_and(|s| {
+                s.members.len() == 2
+                    && s.team_id.as_deref() == Some(TEAM_ID)
+                    && s.members.iter().all(|m| m.user_id.is_some())
+            })
         })
     })
     .await
