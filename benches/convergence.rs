@@ -61,6 +61,8 @@ fn workload(orgs: &[(String, Vec<String>)]) -> ObjectSet {
                     team_ids: vec![],
                     credentials_secret_ref: None,
                     deletion_policy: Default::default(),
+                    adopted_deletion_policy: Default::default(),
+                    unlisted_access: Default::default(),
                     reinvite: Default::default(),
                 },
                 status: None,

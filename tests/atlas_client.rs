@@ -217,6 +217,20 @@ async fn every_operation() {
     assert_eq!(user.roles.group_role_assignments[0].group_id.as_deref(), Some(project_b));
     assert_eq!(user.roles.org_roles, ["ORG_MEMBER"]);
 
+    // Project users: addGroupUserRole / removeGroupUserRole (one role each, add first) and
+    // removeGroupUser (the user leaves the project, not the org).
+    let roles = atlas.add_group_role(org, project_b, &alice.id, "GROUP_OWNER").await.unwrap();
+    assert_eq!(roles, ["GROUP_DATA_ACCESS_READ_ONLY", "GROUP_OWNER"]);
+    let roles = atlas.remove_group_role(org, project_b, &alice.id, "GROUP_DATA_ACCESS_READ_ONLY").await.unwrap();
+    assert_eq!(roles, ["GROUP_OWNER"]);
+    let roles = atlas.add_group_role(org, project_a, &alice.id, "GROUP_READ_ONLY").await.unwrap();
+    assert_eq!(roles, ["GROUP_READ_ONLY"], "a project the user was not in");
+    atlas.remove_group_user(org, project_a, &alice.id).await.unwrap();
+    let user = atlas.get_org_user(org, &alice.id).await.unwrap();
+    assert_eq!(user.org_membership_status, MembershipStatus::Pending, "still in the org");
+    let projects: Vec<_> = user.roles.group_role_assignments.iter().filter_map(|a| a.group_id.as_deref()).collect();
+    assert_eq!(projects, [project_b]);
+
     // Teams: getOrgTeam, getOrgTeamByName (a name that needs encoding), listOrgTeams.
     let team = sim.state.add_team(org, "platform admins/ops");
     let other = sim.state.add_team(org, "readers");

@@ -98,6 +98,7 @@ fn urls_fill_exactly_the_spec_path_parameters() {
         ("userId", "6a1b2c3d4e5f60718293a4b6"),
         ("teamId", "6b1b2c3d4e5f60718293a4b7"),
         ("teamName", "platform-admins"),
+        ("groupId", "6c1b2c3d4e5f60718293a4b8"),
     ];
     for op in Operation::ALL {
         let operation = operation(&spec, op);

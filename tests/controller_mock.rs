@@ -350,6 +350,8 @@ async fn deletion_with_policy_delete_removes_the_user_then_the_finalizer() {
     obj.status = Some(AtlasOrgUserStatus {
         user_id: Some(user_id.clone()),
         membership_status: Some("ACTIVE".into()),
+        // The operator invited alice: deleting the object removes her.
+        adopted: Some(false),
         observed_generation: Some(1),
         ..Default::default()
     });
@@ -641,7 +643,9 @@ async fn deletion_after_the_secret_is_gone_falls_back_to_the_default_credentials
     let sim = start_sim();
     let user_id = sim.state().add_user(ORG, USERNAME, MembershipStatus::Active, &["ORG_MEMBER"]);
     sim.state().reset_counters();
-    let obj = deleting(finalized(alice("Delete")));
+    let mut obj = deleting(finalized(alice("Delete")));
+    // The operator invited alice: deleting the object removes her.
+    obj.status = Some(AtlasOrgUserStatus { adopted: Some(false), ..Default::default() });
     let (ctx, mut api) = context_with_default(&sim, store_of(&[&obj]), Some(("operator", "atlas-default")));
     let run = tokio::spawn(reconcile_org_user(Arc::new(obj.clone()), ctx.clone()));
 
@@ -663,4 +667,46 @@ async fn deletion_after_the_secret_is_gone_falls_back_to_the_default_credentials
     assert_eq!(api.finish(run).await.expect("clean-up succeeds"), Action::await_change());
     drop(ctx);
     api.assert_done().await;
+}
+
+/// Write-ahead ownership: an invitation that grants a team applies the status carrying the
+/// ownership record (`status.granted`) before anything is sent to Atlas; when that apply is
+/// refused, nothing is sent and the reconcile backs off.
+#[tokio::test]
+async fn the_ownership_record_is_applied_before_the_grant_and_a_refusal_sends_nothing() {
+    const TEAM: &str = "6b1b2c3d4e5f60718293a4c9";
+    let sim = start_sim();
+    sim.state().add_team_with_id(ORG, TEAM, "observability");
+    let mut obj = finalized(alice("Delete"));
+    obj.spec.team_ids = vec![TEAM.into()];
+    let (ctx, mut api) = context(&sim, store_of(&[&obj]));
+
+    // Refused: no invitation.
+    let run = tokio::spawn(reconcile_org_user(Arc::new(obj.clone()), ctx.clone()));
+    answer_secret(api.next().await);
+    let call = api.next().await;
+    call.expect(Method::PATCH, &format!("{OBJECT_PATH}/status"), &[("fieldManager", FIELD_MANAGER), ("force", "true")]);
+    assert_eq!(call.body["status"]["granted"]["teamIds"], json!([TEAM]), "{call:?}");
+    call.respond(409, &status_failure(409, "Conflict", "the object has been modified"));
+    let (type_, reason, _) = answer_event(api.next().await, &obj);
+    assert_eq!((type_.as_str(), reason.as_str()), ("Warning", "OwnershipNotRecorded"));
+    let err = api.finish(run).await.expect_err("nothing was granted");
+    assert_eq!(err.retry(), Retry::Backoff, "{err}");
+    assert_eq!(sim.state().counters().total("createOrgUser"), 0, "nothing sent to Atlas");
+
+    // Accepted: the record first, then the invitation, its event and the final status.
+    let run = tokio::spawn(reconcile_org_user(Arc::new(obj.clone()), ctx.clone()));
+    answer_secret(api.next().await);
+    let call = api.next().await;
+    assert!(atlas_user_id(&sim).is_none(), "the record goes before the invitation");
+    let intent: AtlasOrgUserStatus = answer_status_apply(call, &obj);
+    assert_eq!(intent.granted.team_ids, [TEAM]);
+    let (_, reason, _) = answer_event(api.next().await, &obj);
+    assert_eq!(reason, "InvitationSent");
+    let status: AtlasOrgUserStatus = answer_status_apply(api.next().await, &obj);
+    api.finish(run).await.expect("reconcile succeeds");
+    drop(ctx);
+    api.assert_done().await;
+    assert_eq!(status.granted.team_ids, [TEAM]);
+    assert_eq!(sim.state().team_member_ids(ORG, TEAM).len(), 1);
 }

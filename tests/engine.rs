@@ -7,14 +7,16 @@ use std::time::Duration;
 
 use atlas_access_operator::api::conditions::{self, find, is_true};
 use atlas_access_operator::api::{
-    AtlasOrgUser, AtlasOrgUserSpec, AtlasTeamMembership, AtlasTeamMembershipSpec, MemberState, MembershipMode, OrgRole,
-    OrgUserRef, TeamMember, TeamRef,
+    AtlasOrgUser, AtlasOrgUserSpec, AtlasOrgUserStatus, AtlasTeamMembership, AtlasTeamMembershipSpec, MemberState,
+    MembershipMode, OrgRole, OrgUserRef, ProjectRole, ProjectRoleAssignment, TeamMember, TeamRef,
 };
 use atlas_access_operator::atlas::models::MembershipStatus;
 use atlas_access_operator::atlas::{AtlasClient, ClientConfig, Credentials, OrgRateLimiter, RetryPolicy};
 use atlas_access_operator::engine::OrgUserIndex;
 use atlas_access_operator::engine::driver::{ObjectSet, run_pass};
-use atlas_access_operator::engine::{Mode, events, execute, reconcile_org_user, reconcile_team_membership};
+use atlas_access_operator::engine::{
+    IntentRecorder, Mode, events, execute, reconcile_org_user, reconcile_org_user_recorded, reconcile_team_membership,
+};
 use atlas_access_operator::reconcile::{ActionOutcome, ErrorClass, OrgUserDirectory, OrgUserInput, plan_org_user};
 use atlas_access_operator::sim::{FaultConfig, FaultSpec, SimConfig, SimHandle, SimState, Simulator};
 use jiff::Timestamp;
@@ -52,6 +54,8 @@ fn org_user(name: &str, org_id: &str, username: &str, roles: &[OrgRole]) -> Atla
         team_ids: vec![],
         credentials_secret_ref: None,
         deletion_policy: Default::default(),
+        adopted_deletion_policy: Default::default(),
+        unlisted_access: Default::default(),
         reinvite: Default::default(),
     };
     AtlasOrgUser { metadata: meta(name), spec, status: None }
@@ -370,4 +374,141 @@ async fn an_expiring_invitation_is_flagged_once_when_the_clock_enters_the_window
     let report = reconcile(&alice).await;
     assert_eq!(report.status.membership_status.as_deref(), Some("ACTIVE"));
     assert!(find(&report.status.conditions, conditions::INVITATION_EXPIRING_SOON).is_none());
+}
+
+// ---- issue 14: access that can be taken away --------------------------------------------
+
+const P1: &str = "6a1b2c3d4e5f60718293a4b1";
+const P2: &str = "6a1b2c3d4e5f60718293a4b2";
+const P3: &str = "6a1b2c3d4e5f60718293a4b3";
+const P4: &str = "6a1b2c3d4e5f60718293a4b4";
+
+fn with_access(mut object: AtlasOrgUser, projects: &[(&str, ProjectRole)], teams: &[&str]) -> AtlasOrgUser {
+    object.spec.project_roles =
+        projects.iter().map(|(p, r)| ProjectRoleAssignment { project_id: p.to_string(), roles: vec![*r] }).collect();
+    object.spec.team_ids = teams.iter().map(|t| t.to_string()).collect();
+    object
+}
+
+fn roles_in(state: &SimState, org: &str, username: &str) -> BTreeMap<String, Vec<String>> {
+    let user = state.org_users(org).into_iter().find(|u| u.username == username).expect("in the org");
+    user.roles.group_role_assignments.into_iter().map(|a| (a.group_id.unwrap(), a.group_roles)).collect()
+}
+
+/// Revocation end to end: what the object granted and no longer lists is taken away, the rest
+/// stays, and a project role someone else grants meanwhile survives the object's own change.
+#[tokio::test]
+async fn granted_projects_and_teams_are_taken_away_and_concurrent_grants_survive() {
+    let (sim, state) = start();
+    let org = state.add_org("acme");
+    let (t1, t2) = (state.add_team(&org, "one"), state.add_team(&org, "two"));
+    let client = client(&sim, RetryPolicy::default());
+    let index = OrgUserIndex::new(Duration::from_secs(60));
+    let now = Timestamp::now();
+    let alice = org_user("alice", &org, "alice@example.com", &[OrgRole::OrgMember]);
+    let mut alice = with_access(alice, &[(P1, ProjectRole::GroupOwner), (P2, ProjectRole::GroupReadOnly)], &[&t1, &t2]);
+    let report = reconcile_org_user(&client, &index, &alice, &[], Mode::Apply, now).await.unwrap();
+    assert_eq!(report.status.granted.projects.len(), 2);
+    assert_eq!(report.status.granted.team_ids.len(), 2);
+    alice.status = Some(report.status);
+    assert!(state.accept_invitation(&org, "alice@example.com"));
+
+    // Someone else gives alice a role in P4 (not this object's) directly through the Atlas
+    // API, after the listing the next plan is made from.
+    let alice_id = state.org_users(&org)[0].id.clone();
+    client.add_group_role(&org, P4, &alice_id, "GROUP_DATA_ACCESS_READ_ONLY").await.unwrap();
+    // The spec drops P1 and team one, and adds P3.
+    let mut next =
+        with_access(alice.clone(), &[(P2, ProjectRole::GroupReadOnly), (P3, ProjectRole::GroupReadOnly)], &[&t2]);
+    next.status = alice.status.clone();
+    let report = reconcile_org_user(&client, &index, &next, &[], Mode::Apply, now).await.unwrap();
+    let shown: Vec<String> = report.plan.plan.actions.iter().map(|a| a.to_string()).collect();
+    assert_eq!(shown.len(), 3, "{shown:?}");
+    assert!(shown[0].starts_with("add project role GROUP_READ_ONLY") && shown[0].contains(P3), "{shown:?}");
+    assert!(shown[1].contains(&format!("from project {P1}")), "{shown:?}");
+    assert!(shown[2].contains(&format!("from team {t1}")), "{shown:?}");
+    assert!(report.outcomes.iter().all(|o| matches!(o, ActionOutcome::Done(_))), "{:?}", report.outcomes);
+
+    let projects = roles_in(&state, &org, "alice@example.com");
+    assert!(!projects.contains_key(P1), "P1 taken away: {projects:?}");
+    assert_eq!(projects[P2], ["GROUP_READ_ONLY"]);
+    assert_eq!(projects[P4], ["GROUP_DATA_ACCESS_READ_ONLY"], "the concurrent grant survives");
+    assert_eq!(projects[P3], ["GROUP_READ_ONLY"]);
+    assert!(state.team_member_ids(&org, &t1).is_empty());
+    assert_eq!(state.team_member_ids(&org, &t2).len(), 1);
+    let user = state.org_users(&org).into_iter().find(|u| u.username == "alice@example.com").unwrap();
+    assert_eq!(user.org_membership_status, MembershipStatus::Active, "alice stays in the org");
+    let granted: Vec<&str> = report.status.granted.projects.iter().map(|p| p.project_id.as_str()).collect();
+    assert_eq!(granted, [P2, P3]);
+    assert_eq!(report.status.granted.team_ids, [t2]);
+    assert_eq!(state.counters().total("updateOrgUser"), 0, "no whole-roles PATCH");
+}
+
+/// The ownership record is written before the grant it covers; when that write fails,
+/// nothing is sent to Atlas.
+#[tokio::test]
+async fn the_ownership_record_is_written_before_the_grant_or_nothing_is_sent() {
+    struct Failing;
+    impl IntentRecorder<AtlasOrgUserStatus> for Failing {
+        async fn record(&self, _: &AtlasOrgUserStatus) -> Result<(), String> {
+            Err("the API server refused the status apply".into())
+        }
+    }
+    struct Checking(SimState, String, std::sync::Mutex<Vec<AtlasOrgUserStatus>>);
+    impl IntentRecorder<AtlasOrgUserStatus> for Checking {
+        async fn record(&self, intent: &AtlasOrgUserStatus) -> Result<(), String> {
+            assert!(self.0.org_users(&self.1).is_empty(), "recorded before the invitation went out");
+            self.2.lock().unwrap().push(intent.clone());
+            Ok(())
+        }
+    }
+    let (sim, state) = start();
+    let org = state.add_org("acme");
+    let client = client(&sim, RetryPolicy::default());
+    let index = OrgUserIndex::new(Duration::from_secs(60));
+    let alice = with_access(
+        org_user("alice", &org, "alice@example.com", &[OrgRole::OrgMember]),
+        &[(P1, ProjectRole::GroupOwner)],
+        &[],
+    );
+    let now = Timestamp::now();
+    let report = reconcile_org_user_recorded(&client, &index, &alice, &[], Mode::Apply, now, &Failing).await.unwrap();
+    assert!(report.unrecorded.is_some());
+    assert!(report.outcomes.iter().all(|o| *o == ActionOutcome::Skipped));
+    assert_eq!(state.counters().total("createOrgUser"), 0, "nothing sent");
+    assert!(report.events.iter().any(|e| e.warning && e.reason == events::OWNERSHIP_NOT_RECORDED));
+
+    let checking = Checking(state.clone(), org.clone(), Default::default());
+    let report = reconcile_org_user_recorded(&client, &index, &alice, &[], Mode::Apply, now, &checking).await.unwrap();
+    assert!(report.unrecorded.is_none());
+    let recorded = checking.2.lock().unwrap().clone();
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(recorded[0].granted.projects[0].project_id, P1);
+    assert_eq!(state.counters().total("createOrgUser"), 1);
+}
+
+/// Case 6: a write answered 404 because the user was removed in Atlas after the org was
+/// listed: the listing is dropped, the org listed again, and the object planned anew from
+/// that read (here: invited again) instead of `Stalled`.
+#[tokio::test]
+async fn a_404_against_the_cached_listing_reobserves_instead_of_stalling() {
+    let (sim, state) = start();
+    let org = state.add_org("acme");
+    state.add_user(&org, "owner@example.com", MembershipStatus::Active, &["ORG_OWNER"]);
+    let alice_id = state.add_user(&org, "alice@example.com", MembershipStatus::Active, &["ORG_MEMBER"]);
+    let client = client(&sim, RetryPolicy::none());
+    let index = OrgUserIndex::new(Duration::from_secs(600));
+    let now = Timestamp::now();
+    let alice = org_user("alice", &org, "alice@example.com", &[OrgRole::OrgMember]);
+    reconcile_org_user(&client, &index, &alice, &[], Mode::Apply, now).await.unwrap();
+    assert_eq!(index.listings(), 1);
+    // Removed in Atlas by someone else; the index still lists alice.
+    client.remove_org_user(&org, &alice_id).await.unwrap();
+    let more = org_user("alice", &org, "alice@example.com", &[OrgRole::OrgMember, OrgRole::OrgReadOnly]);
+    let report = reconcile_org_user(&client, &index, &more, &[], Mode::Apply, now).await.unwrap();
+    assert_eq!(index.listings(), 2, "listed again after the 404");
+    assert!(report.events.iter().any(|e| e.reason == events::REOBSERVED), "{:?}", report.events);
+    assert!(matches!(report.plan.plan.actions[..], [atlas_access_operator::reconcile::Action::CreateOrgUser { .. }]));
+    assert!(!is_true(&report.status.conditions, conditions::STALLED), "{:?}", report.status.conditions);
+    assert_eq!(report.status.membership_status.as_deref(), Some("PENDING"));
 }

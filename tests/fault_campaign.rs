@@ -65,8 +65,11 @@ fn write_manifests(dir: &Path, campaign: &Campaign, orgs: &[(String, Vec<String>
         for u in 0..campaign.users_per_org {
             let deleting = with_deletions && campaign.deleted_later(u);
             let deletion = if deleting { "\n  deletionTimestamp: \"2025-01-01T00:00:00Z\"" } else { "" };
+            // A killed run loses its in-memory statuses, so a rerun finds its own invitations
+            // with no record of having sent them (adoption unknown): the objects say
+            // explicitly that deleting them removes their users.
             docs.push(format!(
-                "apiVersion: atlas-access.dev/v1alpha1\nkind: AtlasOrgUser\nmetadata:\n  name: o{o}-u{u}\n  namespace: campaign{deletion}\nspec:\n  orgId: {org_id}\n  username: {}\n  orgRoles: [{org_roles}]\n  deletionPolicy: Delete\n",
+                "apiVersion: atlas-access.dev/v1alpha1\nkind: AtlasOrgUser\nmetadata:\n  name: o{o}-u{u}\n  namespace: campaign{deletion}\nspec:\n  orgId: {org_id}\n  username: {}\n  orgRoles: [{org_roles}]\n  deletionPolicy: Delete\n  adoptedDeletionPolicy: Delete\n",
                 Campaign::username(o, u)
             ));
         }

@@ -16,13 +16,15 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// The source without its `#[cfg(test)] mod tests` (tests may reach anywhere).
+/// The source without its `#[cfg(test)] mod tests` (tests may reach anywhere) and without
+/// comment lines (a doc link to a higher layer is not a use of it).
 fn production_code(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap();
-    match text.find("#[cfg(test)]\nmod tests") {
-        Some(at) => text[..at].to_string(),
-        None => text,
-    }
+    let code = match text.find("#[cfg(test)]\nmod tests") {
+        Some(at) => &text[..at],
+        None => &text,
+    };
+    code.lines().filter(|l| !l.trim_start().starts_with("//")).collect::<Vec<_>>().join("\n")
 }
 
 /// Every `prefix<ident>` in `text`: the module named right after the prefix.

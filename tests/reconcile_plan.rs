@@ -6,13 +6,12 @@ use std::collections::BTreeMap;
 
 use atlas_access_operator::api::conditions::{self, find};
 use atlas_access_operator::api::{
-    AddedMember, AtlasOrgUserSpec, AtlasOrgUserStatus, AtlasTeamMembershipSpec, AtlasTeamMembershipStatus,
-    DeletionPolicy, MemberState, MembershipMode, OrgRole, OrgUserRef, ProjectRole, ProjectRoleAssignment,
-    ReinvitePolicy, TeamMember, TeamRef,
+    AddedMember, AdoptedDeletionPolicy, AtlasOrgUserSpec, AtlasOrgUserStatus, AtlasTeamMembershipSpec,
+    AtlasTeamMembershipStatus, DeletionEffect, DeletionPolicy, GrantedAccess, MemberState, MembershipMode,
+    ObservedProjectRoles, OrgRole, OrgUserRef, ProjectRole, ProjectRoleAssignment, ReinvitePolicy, TeamMember, TeamRef,
+    UnlistedAccess,
 };
-use atlas_access_operator::atlas::models::{
-    GroupRoleAssignment, MembershipStatus, OrgUser, OrgUserRoles, OrgUserUpdateRequest, Team, codes,
-};
+use atlas_access_operator::atlas::models::{GroupRoleAssignment, MembershipStatus, OrgUser, OrgUserRoles, Team, codes};
 use atlas_access_operator::reconcile::{
     Action, ActionError, ActionOutcome, Claim, ErrorClass, ObservedTeam, OrgUserDirectory, OrgUserInput, Plan,
     TeamInput, org_user_status, plan_org_user, plan_team_membership, team_membership_status,
@@ -101,6 +100,8 @@ fn spec(roles: &[OrgRole]) -> AtlasOrgUserSpec {
         team_ids: Vec::new(),
         credentials_secret_ref: None,
         deletion_policy: Some(DeletionPolicy::Delete),
+        adopted_deletion_policy: AdoptedDeletionPolicy::Orphan,
+        unlisted_access: UnlistedAccess::Keep,
         reinvite: ReinvitePolicy::OnExpiry,
     }
 }
@@ -282,15 +283,18 @@ fn org_user_cases() -> Vec<OrgUserCase> {
             Some(alice(InvitationRejected, &["ORG_MEMBER"])),
         )
         .expect(&["re-invite alice@example.com to org ORG (invitation rejected) with ORG_MEMBER"], Some(false)),
-        case("project roles differ: one PATCH", projects_spec.clone(), Some(with_projects(vec![(P1, &["GROUP_READ_ONLY"]), (P2, &["GROUP_OWNER"])])))
+        case("project roles differ: one :addRole, unlisted project untouched", projects_spec.clone(), Some(with_projects(vec![(P1, &["GROUP_READ_ONLY"]), (P2, &["GROUP_OWNER"])])))
             .expect(
-                &["set project roles of alice@example.com (ALICE) in org ORG: project P1: GROUP_OWNER, GROUP_READ_ONLY"],
+                &["add project role GROUP_OWNER to alice@example.com (ALICE) in project P1 of org ORG"],
                 Some(true),
             ),
         case("project roles match (order aside); unlisted project left alone", projects_spec.clone(), Some(with_projects(vec![(P1, &["GROUP_READ_ONLY", "GROUP_OWNER"]), (P2, &["GROUP_OWNER"])])))
             .expect(&[], Some(true)),
-        case("listed project missing entirely: PATCH", projects_spec, Some(with_projects(vec![]))).expect(
-            &["set project roles of alice@example.com (ALICE) in org ORG: project P1: GROUP_OWNER, GROUP_READ_ONLY"],
+        case("listed project missing entirely: one :addRole per role", projects_spec, Some(with_projects(vec![]))).expect(
+            &[
+                "add project role GROUP_OWNER to alice@example.com (ALICE) in project P1 of org ORG",
+                "add project role GROUP_READ_ONLY to alice@example.com (ALICE) in project P1 of org ORG",
+            ],
             Some(true),
         ),
         case("missing team: :addUser; other teams never removed", teams_spec.clone(), Some(in_teams(&[T1, "6b00000000000000000000ff"])))
@@ -304,7 +308,19 @@ fn org_user_cases() -> Vec<OrgUserCase> {
             .rivals(vec![same_time_smaller_name])
             .held("Conflict"),
         case("paused: no call, even with drift", spec(&[OrgMember]), Some(alice(Active, &["ORG_OWNER"]))).paused().held("Paused"),
-        case("delete, Delete, ACTIVE: remove the user", spec(&[OrgMember]), Some(alice(Active, &["ORG_MEMBER"])))
+        case("delete, Delete, ACTIVE user this object invited: remove the user", spec(&[OrgMember]), Some(alice(Active, &["ORG_MEMBER"])))
+            .previously_adopted(false)
+            .deleting()
+            .expect(&["remove alice@example.com (ALICE) from org ORG"], None),
+        case("case 4: delete, Delete, adopted ACTIVE user: left in the organization", spec(&[OrgMember]), Some(alice(Active, &["ORG_OWNER"])))
+            .previously_adopted(true)
+            .deleting()
+            .expect(&[], None),
+        case("delete, Delete, adoption never recorded, ACTIVE since before the object: left", spec(&[OrgMember]), Some(alice(Active, &["ORG_MEMBER"])))
+            .deleting()
+            .expect(&[], None),
+        case("delete, Delete, adopted, adoptedDeletionPolicy Delete: removed", AtlasOrgUserSpec { adopted_deletion_policy: AdoptedDeletionPolicy::Delete, ..spec(&[OrgMember]) }, Some(alice(Active, &["ORG_MEMBER"])))
+            .previously_adopted(true)
             .deleting()
             .expect(&["remove alice@example.com (ALICE) from org ORG"], None),
         case("delete, Delete, PENDING: cancel the invitation", spec(&[OrgMember]), Some(alice(Pending, &["ORG_MEMBER"])))
@@ -351,6 +367,7 @@ fn org_input<'a>(
         observed,
         rivals,
         now: now(),
+        observed_fresh: false,
     }
 }
 
@@ -382,8 +399,11 @@ fn org_user_plans() {
     assert!(failures.is_empty(), "{} case(s) failed:\n{}", failures.len(), failures.join("\n"));
 }
 
+/// Case 3: project roles change one role at a time (`:addRole` before `:removeRole`), never by
+/// a whole-roles PATCH rebuilt from the listing, so a project another party granted in the
+/// meantime cannot be revoked by this object's change.
 #[test]
-fn project_roles_patch_carries_org_roles_and_keeps_unlisted_projects() {
+fn project_roles_change_atomically_add_before_remove_and_never_patch() {
     let mut s = spec(&[OrgRole::OrgMember]);
     s.project_roles = vec![ProjectRoleAssignment { project_id: P1.into(), roles: vec![ProjectRole::GroupOwner] }];
     let mut u = alice(MembershipStatus::Active, &["ORG_OWNER"]);
@@ -393,27 +413,22 @@ fn project_roles_patch_carries_org_roles_and_keeps_unlisted_projects() {
     ];
     let previous = AtlasOrgUserStatus::default();
     let plan = plan_org_user(&org_input(&s, &previous, Some(&u), &[])).plan;
-    // Org roles first (add, then remove), then the PATCH that states the final org roles.
-    assert_eq!(plan.actions.len(), 3, "{plan}");
-    let Action::UpdateOrgUser { request, .. } = &plan.actions[2] else { panic!("expected a PATCH last: {plan}") };
     assert_eq!(
-        request,
-        &OrgUserUpdateRequest {
-            roles: Some(OrgUserRoles {
-                org_roles: vec!["ORG_MEMBER".into()],
-                group_role_assignments: vec![
-                    GroupRoleAssignment { group_id: Some(P2.into()), group_roles: vec!["GROUP_READ_ONLY".into()] },
-                    GroupRoleAssignment { group_id: Some(P1.into()), group_roles: vec!["GROUP_OWNER".into()] },
-                ],
-            }),
-            team_ids: None,
-        }
+        shown(&plan),
+        vec![
+            "add org role ORG_MEMBER to alice@example.com (ALICE) in org ORG",
+            "remove org role ORG_OWNER from alice@example.com (ALICE) in org ORG",
+            "add project role GROUP_OWNER to alice@example.com (ALICE) in project P1 of org ORG",
+            "remove project role GROUP_READ_ONLY from alice@example.com (ALICE) in project P1 of org ORG",
+        ]
     );
-    // The wire body: spec field names, no teamIds (PATCH would reset them).
-    let json = serde_json::to_value(&plan.actions[2]).unwrap();
-    assert_eq!(json["op"], "updateOrgUser");
-    assert_eq!(json["request"]["roles"]["orgRoles"], serde_json::json!(["ORG_MEMBER"]));
-    assert!(json["request"].get("teamIds").is_none());
+    let json = serde_json::to_value(&plan.actions).unwrap();
+    assert!(json.as_array().unwrap().iter().all(|a| a["op"] != "updateOrgUser"), "no PATCH: {json}");
+    assert_eq!(json[2]["op"], "addProjectRole");
+    assert_eq!(json[2]["projectId"], P1);
+    assert_eq!(json[2]["role"], "GROUP_OWNER");
+    // P2 is not this object's: no call names it.
+    assert!(!plan.actions.iter().any(|a| a.to_string().contains(P2)), "{plan}");
 }
 
 #[test]
@@ -482,10 +497,9 @@ fn obliging_atlas(action: &Action, directory: &OrgUserDirectory) -> ActionOutcom
             u.roles.org_roles.retain(|r| r != role);
             ActionOutcome::user(u)
         }
-        Action::UpdateOrgUser { user_id, request, .. } => {
-            let mut u = current(user_id);
-            u.roles = request.roles.clone().unwrap();
-            ActionOutcome::user(u)
+        // Project-role calls answer with the project view; the directory applies their effect.
+        Action::AddProjectRole { .. } | Action::RemoveProjectRole { .. } | Action::RemoveProjectUser { .. } => {
+            ActionOutcome::Done(None)
         }
         Action::AddTeamUser { user_id, team_id, .. } => {
             let mut u = current(user_id);
@@ -790,7 +804,8 @@ fn deletion_and_the_finalizer() {
     use MembershipStatus::*;
     let s = spec(&[OrgRole::OrgMember]);
     let orphan = AtlasOrgUserSpec { deletion_policy: Some(DeletionPolicy::Orphan), ..spec(&[OrgRole::OrgMember]) };
-    let previous = AtlasOrgUserStatus::default();
+    // The object invited alice: deletion under Delete removes her.
+    let previous = previous_with_adopted(Some(false));
     let gone = ActionError::atlas(ErrorClass::NotFound, 404, codes::RESOURCE_NOT_FOUND, "No user.");
     // (name, spec, paused, Atlas's answer to the removal, finalizer may go)
     let cases: Vec<(&str, &AtlasOrgUserSpec, bool, Option<ActionOutcome>, bool)> = vec![
@@ -1524,4 +1539,241 @@ fn plans_print_for_people() {
     assert_eq!(json["hold"]["kind"], "invitationExpired");
     assert_eq!(json["failureMode"], "sequential");
     assert_eq!(json["adopted"], serde_json::Value::Null);
+}
+
+// ---------------------------------------------------------------------------------------
+// Issue 14: access that can be taken away
+// ---------------------------------------------------------------------------------------
+
+fn granted(projects: &[(&str, &[&str])], teams: &[&str]) -> GrantedAccess {
+    GrantedAccess {
+        projects: projects
+            .iter()
+            .map(|(p, roles)| ObservedProjectRoles {
+                project_id: p.to_string(),
+                roles: roles.iter().map(|r| r.to_string()).collect(),
+            })
+            .collect(),
+        team_ids: teams.iter().map(|t| t.to_string()).collect(),
+    }
+}
+
+fn active_in(projects: &[(&str, &[&str])], teams: &[&str]) -> OrgUser {
+    let mut u = alice(MembershipStatus::Active, &["ORG_MEMBER"]);
+    u.roles.group_role_assignments = projects
+        .iter()
+        .map(|(p, roles)| GroupRoleAssignment {
+            group_id: Some(p.to_string()),
+            group_roles: roles.iter().map(|r| r.to_string()).collect(),
+        })
+        .collect();
+    u.team_ids = teams.iter().map(|t| t.to_string()).collect();
+    u
+}
+
+fn with_project(mut s: AtlasOrgUserSpec, project: &str, roles: &[ProjectRole]) -> AtlasOrgUserSpec {
+    s.project_roles.push(ProjectRoleAssignment { project_id: project.into(), roles: roles.to_vec() });
+    s
+}
+
+/// Case 1: a project this object granted that leaves `projectRoles` loses the user
+/// (`removeGroupUser`); the user stays in the org and in the project still listed.
+#[test]
+fn case_1_a_granted_project_leaving_the_spec_loses_the_user() {
+    let s = with_project(spec(&[OrgRole::OrgMember]), P2, &[ProjectRole::GroupReadOnly]);
+    let previous = AtlasOrgUserStatus {
+        adopted: Some(false),
+        granted: granted(&[(P1, &["GROUP_OWNER"]), (P2, &["GROUP_READ_ONLY"])], &[]),
+        ..Default::default()
+    };
+    let u = active_in(&[(P1, &["GROUP_OWNER"]), (P2, &["GROUP_READ_ONLY"])], &[]);
+    let input = org_input(&s, &previous, Some(&u), &[]);
+    let plan = plan_org_user(&input);
+    assert_eq!(shown(&plan.plan), vec!["remove alice@example.com (ALICE) from project P1 of org ORG"]);
+    assert!(!plan.record_first, "taking away records nothing new first");
+    let mut directory = OrgUserDirectory::new([u.clone()]);
+    let outcomes = execute(&plan.plan, &mut directory, None, obliging_atlas);
+    let status = org_user_status(&input, &plan, &outcomes, directory.get(&s.username));
+    assert_eq!(status.granted, granted(&[(P2, &["GROUP_READ_ONLY"])], &[]), "P1 leaves the record once taken away");
+    let fresh = directory.get(&s.username).unwrap();
+    assert_eq!(fresh.org_membership_status, MembershipStatus::Active, "still in the org");
+    assert!(fresh.roles.group_role_assignments.iter().all(|a| a.group_id.as_deref() != Some(P1)));
+    assert_eq!(condition(&status.conditions, conditions::READY), ("True".into(), "Synced".into()));
+}
+
+/// Case 2: a team this object added the user to that leaves `teamIds` gets `:removeUser`;
+/// a team it never granted stays.
+#[test]
+fn case_2_a_granted_team_leaving_the_spec_is_left() {
+    let mut s = spec(&[OrgRole::OrgMember]);
+    s.team_ids = vec![T2.into()];
+    let previous = AtlasOrgUserStatus { granted: granted(&[], &[T1, T2]), ..Default::default() };
+    let stranger_team = "6b00000000000000000000ff";
+    let u = active_in(&[], &[T1, T2, stranger_team]);
+    let plan = plan_org_user(&org_input(&s, &previous, Some(&u), &[]));
+    assert_eq!(shown(&plan.plan), vec!["remove alice@example.com (ALICE) from team T1 in org ORG"]);
+}
+
+/// Never-granted projects and teams stay, unless `unlistedAccess: Remove` asks for it.
+#[test]
+fn never_granted_access_stays_unless_unlisted_access_remove() {
+    let s = with_project(spec(&[OrgRole::OrgMember]), P1, &[ProjectRole::GroupReadOnly]);
+    let previous = AtlasOrgUserStatus::default();
+    let u = active_in(&[(P1, &["GROUP_READ_ONLY"]), (P2, &["GROUP_OWNER"])], &[T1]);
+    let keep = plan_org_user(&org_input(&s, &previous, Some(&u), &[]));
+    assert!(keep.plan.actions.is_empty(), "{}", keep.plan);
+    let remove = AtlasOrgUserSpec { unlisted_access: UnlistedAccess::Remove, ..s.clone() };
+    let exclusive = plan_org_user(&org_input(&remove, &previous, Some(&u), &[]));
+    assert_eq!(
+        shown(&exclusive.plan),
+        vec![
+            "remove alice@example.com (ALICE) from project P2 of org ORG",
+            "remove alice@example.com (ALICE) from team T1 in org ORG",
+        ]
+    );
+}
+
+/// Write-ahead: a plan that gives the user a project or team the record does not hold asks
+/// for the record first; the record holds exactly what is about to be granted.
+#[test]
+fn grants_are_recorded_before_they_are_sent() {
+    let mut s = with_project(spec(&[OrgRole::OrgMember]), P1, &[ProjectRole::GroupReadOnly]);
+    s.team_ids = vec![T1.into()];
+    let previous = AtlasOrgUserStatus::default();
+    let invite = plan_org_user(&org_input(&s, &previous, None, &[]));
+    assert!(invite.record_first);
+    assert_eq!(invite.granted, granted(&[(P1, &["GROUP_READ_ONLY"])], &[T1]));
+    // Already in P1 (someone else's grant): changing nothing there records nothing; the new
+    // team does.
+    let u = active_in(&[(P1, &["GROUP_READ_ONLY"])], &[]);
+    let join = plan_org_user(&org_input(&s, &previous, Some(&u), &[]));
+    assert!(join.record_first);
+    assert_eq!(join.granted, granted(&[], &[T1]));
+    // Nothing new to grant: no write first.
+    let recorded = AtlasOrgUserStatus { granted: granted(&[], &[T1]), ..Default::default() };
+    let done = active_in(&[(P1, &["GROUP_READ_ONLY"])], &[T1]);
+    assert!(!plan_org_user(&org_input(&s, &recorded, Some(&done), &[])).record_first);
+    // A grant whose call never went through leaves the record again.
+    let input = org_input(&s, &previous, Some(&u), &[]);
+    let outcomes = vec![ActionOutcome::Failed(last_owner_refusal())];
+    let status = org_user_status(&input, &join, &outcomes, Some(&u));
+    assert_eq!(status.granted, GrantedAccess::default());
+}
+
+/// Case 5: after a rejection, `OnExpiryOrRejection` re-invites only on a spec change or
+/// after the capped backoff from when the rejected invitation was sent.
+#[test]
+fn case_5_rejections_reinvite_on_generation_change_or_after_backoff() {
+    let s = with_reinvite(ReinvitePolicy::OnExpiryOrRejection);
+    // Invited 2025-05-31T23:30 (30 minutes before `now`), then rejected.
+    let rejected = invited_at(alice(MembershipStatus::InvitationRejected, &["ORG_MEMBER"]), "2025-05-31T23:30:00Z");
+    let same_generation = AtlasOrgUserStatus { invited_generation: Some(3), ..Default::default() };
+    let plan = plan_org_user(&org_input(&s, &same_generation, Some(&rejected), &[]));
+    assert!(plan.plan.actions.is_empty(), "no invitation at once: {}", plan.plan);
+    assert_eq!(plan.plan.hold.as_ref().map(|h| h.reason()), Some("InvitationRejected"));
+    let status = org_user_status(&org_input(&s, &same_generation, Some(&rejected), &[]), &plan, &[], Some(&rejected));
+    assert_eq!(condition(&status.conditions, conditions::READY), ("False".into(), "InvitationRejected".into()));
+    assert!(find(&status.conditions, conditions::STALLED).is_none(), "the backoff ends by itself");
+    assert!(find(&status.conditions, conditions::READY).unwrap().message.contains("2025-06-01T00:30:00Z"));
+
+    // The spec changed since that invitation (generation 2 -> 3): at once.
+    let older_generation =
+        AtlasOrgUserStatus { invited_generation: Some(2), reinvitations: Some(3), ..Default::default() };
+    let plan = plan_org_user(&org_input(&s, &older_generation, Some(&rejected), &[]));
+    assert_eq!(shown(&plan.plan), vec!["re-invite alice@example.com to org ORG (invitation rejected) with ORG_MEMBER"]);
+    assert_eq!(plan.reinvitations, Some(0), "a spec change starts the backoff again");
+
+    // Same generation, two re-sent already: 16 h after the last invitation, capped at 7 days.
+    let twice = AtlasOrgUserStatus { invited_generation: Some(3), reinvitations: Some(2), ..Default::default() };
+    let long_ago = invited_at(rejected.clone(), "2025-05-31T07:00:00Z"); // 17 h before now
+    let plan = plan_org_user(&org_input(&s, &twice, Some(&long_ago), &[]));
+    assert_eq!(plan.plan.actions.len(), 1, "due after 16 h: {}", plan.plan);
+    assert_eq!(plan.reinvitations, Some(3));
+    let recent = invited_at(rejected, "2025-05-31T09:00:00Z"); // 15 h before now
+    assert!(plan_org_user(&org_input(&s, &twice, Some(&recent), &[])).plan.actions.is_empty());
+    assert_eq!(atlas_access_operator::reconcile::reinvite_backoff(0).as_secs(), 3600);
+    assert_eq!(atlas_access_operator::reconcile::reinvite_backoff(2).as_secs(), 16 * 3600);
+    assert_eq!(atlas_access_operator::reconcile::reinvite_backoff(50).as_secs(), 7 * 24 * 3600, "capped");
+}
+
+/// Case 6: a write answered 404 (the user was removed in Atlas after the listing) is not
+/// `Stalled` while the observation came from the shared listing: the executor lists again
+/// and plans from that fresh read. Only a 404 against a fresh read stalls.
+#[test]
+fn case_6_a_404_against_a_cached_listing_is_reobserved_not_stalled() {
+    let s = spec(&[OrgRole::OrgOwner]);
+    let previous = previous_with_adopted(Some(false));
+    let u = alice(MembershipStatus::Active, &["ORG_MEMBER"]);
+    let input = org_input(&s, &previous, Some(&u), &[]);
+    let plan = plan_org_user(&input);
+    let gone = ActionError::atlas(ErrorClass::NotFound, 404, codes::RESOURCE_NOT_FOUND, "Cannot find resource user.");
+    let outcomes = vec![ActionOutcome::Failed(gone), ActionOutcome::Skipped];
+    assert!(atlas_access_operator::reconcile::contradicts_observation(&outcomes));
+    let status = org_user_status(&input, &plan, &outcomes, Some(&u));
+    assert_eq!(condition(&status.conditions, conditions::READY).0, "False");
+    assert!(
+        find(&status.conditions, conditions::STALLED).is_none(),
+        "not Stalled on a cached read: {:?}",
+        status.conditions
+    );
+    assert_eq!(condition(&status.conditions, conditions::RECONCILING).0, "True");
+    let fresh = OrgUserInput { observed_fresh: true, ..input };
+    let status = org_user_status(&fresh, &plan, &outcomes, Some(&u));
+    assert_eq!(condition(&status.conditions, conditions::STALLED).0, "True");
+}
+
+/// Tolerant decoding: an unknown `orgMembershipStatus` decodes to `Unknown` without failing
+/// the page; the affected object makes no call and says so; an unknown role is never removed.
+#[test]
+fn unknown_status_and_role_values_are_reported_not_fatal() {
+    let page = serde_json::json!({"results": [
+        {"id": ALICE, "username": "alice@example.com", "orgMembershipStatus": "SUSPENDED", "roles": {"orgRoles": ["ORG_MEMBER"]}},
+        {"id": BOB, "username": "bob@example.com", "orgMembershipStatus": "ACTIVE", "roles": {"orgRoles": ["ORG_MEMBER", "ORG_FUTURE_ROLE"]}},
+    ]});
+    let page: atlas_access_operator::atlas::models::Page<OrgUser> = serde_json::from_value(page).unwrap();
+    assert_eq!(page.results[0].org_membership_status, MembershipStatus::Unknown);
+    assert_eq!(page.results[1].org_membership_status, MembershipStatus::Active);
+
+    let s = spec(&[OrgRole::OrgMember]);
+    let previous = AtlasOrgUserStatus::default();
+    let input = org_input(&s, &previous, Some(&page.results[0]), &[]);
+    let plan = plan_org_user(&input);
+    assert!(plan.plan.actions.is_empty());
+    let status = org_user_status(&input, &plan, &[], Some(&page.results[0]));
+    assert_eq!(condition(&status.conditions, conditions::READY), ("False".into(), "UnknownMembershipStatus".into()));
+    let deleting = OrgUserInput { deleting: true, ..input };
+    assert!(plan_org_user(&deleting).plan.actions.is_empty(), "no removal of a user in an unknown state");
+
+    let bob = spec_for("bob@example.com");
+    let input = OrgUserInput { observed: Some(&page.results[1]), ..org_input(&bob, &previous, None, &[]) };
+    let plan = plan_org_user(&input);
+    assert!(plan.plan.actions.is_empty(), "the unknown role is not removed: {}", plan.plan);
+    let status = org_user_status(&input, &plan, &[], Some(&page.results[1]));
+    let ready = find(&status.conditions, conditions::READY).unwrap();
+    assert_eq!(ready.status, "True");
+    assert!(ready.message.contains("ORG_FUTURE_ROLE"), "{}", ready.message);
+}
+
+fn spec_for(username: &str) -> AtlasOrgUserSpec {
+    AtlasOrgUserSpec { username: username.into(), ..spec(&[OrgRole::OrgMember]) }
+}
+
+/// Deletion safety in the status and the plan: which effect deletion has.
+#[test]
+fn status_and_plan_say_what_deletion_does() {
+    let s = spec(&[OrgRole::OrgMember]);
+    let u = alice(MembershipStatus::Active, &["ORG_MEMBER"]);
+    for (adopted, policy, expected) in [
+        (Some(true), AdoptedDeletionPolicy::Orphan, DeletionEffect::LeaveInAtlas),
+        (Some(true), AdoptedDeletionPolicy::Delete, DeletionEffect::RemoveUser),
+        (Some(false), AdoptedDeletionPolicy::Orphan, DeletionEffect::RemoveUser),
+    ] {
+        let spec = AtlasOrgUserSpec { adopted_deletion_policy: policy, ..s.clone() };
+        let previous = previous_with_adopted(adopted);
+        let input = org_input(&spec, &previous, Some(&u), &[]);
+        let plan = plan_org_user(&input);
+        assert_eq!(plan.on_deletion, expected, "{adopted:?} {policy:?}");
+        assert_eq!(org_user_status(&input, &plan, &[], Some(&u)).on_deletion, Some(expected));
+        assert!(plan.on_deletion_text().starts_with(expected.as_str()));
+    }
 }

@@ -6,7 +6,7 @@
 //! The spec is OpenAPI 3.0, so its schemas are turned into JSON Schema here: `$ref`s inlined,
 //! `nullable` made a `null` type, `readOnly` properties dropped from requests and `writeOnly`
 //! ones from responses, objects closed (`additionalProperties: false`) so a misspelt field
-//! fails, and `OrgUserResponse` (recursive `oneOf` of `allOf`s) replaced by one branch per
+//! fails, and `OrgUserResponse` / `GroupUserResponse` (recursive `oneOf` of `allOf`s) replaced by one branch per
 //! value of its `orgMembershipStatus` discriminator. Two quirks of the spec are corrected:
 //! the `mobileNumber` patterns are escaped twice (as copied from Java source), and
 //! `CloudAppUser.password` is a credential no response carries but is not marked `writeOnly`.
@@ -22,7 +22,16 @@ use reqwest::Method;
 use serde_json::{Map, Value, json};
 
 /// Operations of the excerpt the operator does not use, so the simulator does not serve them.
-const NOT_SIMULATED: [&str; 4] = ["deleteOrg", "updateOrg", "deleteOrgTeam", "renameOrgTeam"];
+const NOT_SIMULATED: [&str; 8] = [
+    "deleteOrg",
+    "updateOrg",
+    "deleteOrgTeam",
+    "renameOrgTeam",
+    "listGroupUsers",
+    "addGroupUsers",
+    "getGroupUser",
+    "updateGroupUserRoles",
+];
 
 #[derive(Clone, Copy, PartialEq)]
 enum Direction {
@@ -72,8 +81,9 @@ impl Spec {
     /// A spec schema as closed JSON Schema for one direction.
     fn json_schema(&self, schema: &Value, dir: Direction) -> Value {
         if let Some(pointer) = schema.get("$ref").and_then(Value::as_str) {
-            if pointer == "#/components/schemas/OrgUserResponse" {
-                return self.org_user_response(dir);
+            if pointer == "#/components/schemas/OrgUserResponse" || pointer == "#/components/schemas/GroupUserResponse"
+            {
+                return self.discriminated(pointer, dir);
             }
             return self.json_schema(self.component(pointer), dir);
         }
@@ -183,9 +193,10 @@ impl Spec {
         merged
     }
 
-    /// `OrgUserResponse`: the branch its `orgMembershipStatus` discriminator names.
-    fn org_user_response(&self, dir: Direction) -> Value {
-        let base = self.component("#/components/schemas/OrgUserResponse");
+    /// `OrgUserResponse` / `GroupUserResponse`: the branch its `orgMembershipStatus`
+    /// discriminator names.
+    fn discriminated(&self, pointer: &str, dir: Direction) -> Value {
+        let base = self.component(pointer);
         let discriminator = &base["discriminator"];
         let property = discriminator["propertyName"].as_str().unwrap();
         let mut branches = vec![json!({
@@ -310,6 +321,10 @@ const TEAM_USERS: &str = "/api/atlas/v2/orgs/{orgId}/teams/{teamId}/users";
 const TEAM_USER: &str = "/api/atlas/v2/orgs/{orgId}/teams/{teamId}/users/{userId}";
 const ADD_USER: &str = "/api/atlas/v2/orgs/{orgId}/teams/{teamId}:addUser";
 const REMOVE_USER: &str = "/api/atlas/v2/orgs/{orgId}/teams/{teamId}:removeUser";
+const GROUP_USER: &str = "/api/atlas/v2/groups/{groupId}/users/{userId}";
+const GROUP_ADD_ROLE: &str = "/api/atlas/v2/groups/{groupId}/users/{userId}:addRole";
+const GROUP_REMOVE_ROLE: &str = "/api/atlas/v2/groups/{groupId}/users/{userId}:removeRole";
+const PROJECT: &str = "6a1b2c3d4e5f60718293a4b5";
 
 #[tokio::test]
 async fn every_answer_of_every_operation_validates_against_the_spec() {
@@ -421,6 +436,32 @@ async fn every_answer_of_every_operation_validates_against_the_spec() {
     c.call(Method::PUT, USER_ROLES, &p(USER_ROLES, missing, ""), V2023, Some(json!({"orgRoles": ["ORG_MEMBER"]})))
         .await;
 
+    // Project users: roles one at a time (pending users too), the last role refused, removal.
+    let g = |template: &str, user: &str| template.replace("{groupId}", PROJECT).replace("{userId}", user);
+    let role = |r: &str| Some(json!({"groupRole": r}));
+    let added = c.call(Method::POST, GROUP_ADD_ROLE, &g(GROUP_ADD_ROLE, &pending), V2025, role("GROUP_OWNER")).await;
+    assert_eq!(added.status, 200);
+    assert_eq!(added.body["roles"], json!(["GROUP_READ_ONLY", "GROUP_OWNER"]));
+    let removed =
+        c.call(Method::POST, GROUP_REMOVE_ROLE, &g(GROUP_REMOVE_ROLE, &pending), V2025, role("GROUP_READ_ONLY")).await;
+    assert_eq!(removed.body["roles"], json!(["GROUP_OWNER"]));
+    let last =
+        c.call(Method::POST, GROUP_REMOVE_ROLE, &g(GROUP_REMOVE_ROLE, &pending), V2025, role("GROUP_OWNER")).await;
+    assert_eq!((last.status, last.body["errorCode"].as_str()), (400, Some("CANNOT_REMOVE_LAST_GROUP_ROLE")));
+    let active_added =
+        c.call(Method::POST, GROUP_ADD_ROLE, &g(GROUP_ADD_ROLE, &active), V2025, role("GROUP_READ_ONLY")).await;
+    assert_eq!(active_added.status, 200, "an org member not yet in the project");
+    c.call(Method::POST, GROUP_ADD_ROLE, &g(GROUP_ADD_ROLE, &expired), V2025, role("GROUP_OWNER")).await;
+    c.call(Method::POST, GROUP_ADD_ROLE, &g(GROUP_ADD_ROLE, missing), V2025, role("GROUP_OWNER")).await;
+    assert_eq!(c.call(Method::DELETE, GROUP_USER, &g(GROUP_USER, &active), V2025, None).await.status, 204);
+    assert_eq!(c.call(Method::DELETE, GROUP_USER, &g(GROUP_USER, &active), V2025, None).await.status, 404);
+    assert_eq!(
+        c.call(Method::DELETE, GROUP_USER, &g(GROUP_USER, &pending), V2023, None).await.status,
+        404,
+        "2023-01-01 removes active users only"
+    );
+    assert_eq!(state.org_users(&org).iter().filter(|u| u.id == active).count(), 1, "still in the org");
+
     // Teams.
     c.call(Method::GET, TEAMS, &p(TEAMS, "", ""), V2023, None).await;
     let created = c
@@ -505,6 +546,7 @@ fn example_body(op_id: &str, user: &str) -> Value {
         "createOrgTeam" => json!({"name": "spec-team", "usernames": []}),
         "addOrgTeamUsers" => json!([{"id": user}]),
         "addOrgTeamUser" | "removeOrgTeamUser" => json!({"id": user}),
+        "addGroupUserRole" | "removeGroupUserRole" => json!({"groupRole": "GROUP_READ_ONLY"}),
         other => panic!("no example body for {other}"),
     }
 }
@@ -547,6 +589,7 @@ async fn refuses_bad_ids_missing_required_fields_and_wrong_media_types() {
                 .replace("{teamId}", team)
                 .replace("{userId}", user)
                 .replace("{teamName}", "spec")
+                .replace("{groupId}", PROJECT)
         };
 
         // Every path id with a pattern: a value that does not match is refused, naming it.
@@ -560,6 +603,7 @@ async fn refuses_bad_ids_missing_required_fields_and_wrong_media_types() {
                 "orgId" => concrete("not-an-org", &team, &user),
                 "teamId" => concrete(&org, "NOT-A-TEAM-ID", &user),
                 "userId" => concrete(&org, &team, "0123"),
+                "groupId" => concrete(&org, &team, &user).replace(PROJECT, "NOT-A-PROJECT"),
                 other => panic!("unexpected path parameter {other}"),
             };
             let answer = sim.api.call(method.clone(), &path, &version, body.as_ref()).await;

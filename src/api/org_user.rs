@@ -14,10 +14,40 @@ wire_enum! {
     }
 }
 
+wire_enum! {
+    /// Projects and teams the spec does not list: `Keep` (the default) takes away only what
+    /// this object granted (recorded in `status.granted`) once it leaves the spec, and leaves
+    /// everything else alone; `Remove` takes the user out of every project and team not listed.
+    UnlistedAccess default Keep {
+        Keep = "Keep",
+        Remove = "Remove",
+    }
+}
+
+wire_enum! {
+    /// What deleting the object does to a user who was in the organization before it
+    /// (`status.adopted`): `Orphan` (the default) leaves them in Atlas whatever
+    /// `deletionPolicy` says; `Delete` lets `deletionPolicy: Delete` remove them too.
+    AdoptedDeletionPolicy default Orphan {
+        Orphan = "Orphan",
+        Delete = "Delete",
+    }
+}
+
+wire_enum! {
+    /// What deleting the object would do in Atlas now (`status.onDeletion`).
+    DeletionEffect {
+        RemoveUser = "RemoveUser",
+        CancelInvitation = "CancelInvitation",
+        LeaveInAtlas = "LeaveInAtlas",
+    }
+}
+
 /// One person in one MongoDB Atlas organization: the operator invites the MongoDB Cloud
 /// user (or adopts one already in the organization), keeps their organization roles, project
-/// roles and teams as listed, re-invites on expiry, and removes the user or cancels the
-/// invitation when the object is deleted.
+/// roles and teams as listed (taking away the projects and teams it granted once they leave
+/// the spec), re-invites on expiry, and removes a user it invited (or cancels the invitation)
+/// when the object is deleted.
 // One `printcolumn(...)` per column: the repeated keys are intended.
 #[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -88,13 +118,15 @@ pub struct AtlasOrgUserSpec {
     #[x_kube(merge_strategy = ListMerge::Set)]
     pub org_roles: Vec<OrgRole>,
 
-    /// Project roles, per project. For each project listed the roles are authoritative;
-    /// projects not listed are left alone.
+    /// Project roles, per project. For each project listed the roles are authoritative. A
+    /// project this object granted that leaves the list loses the user; other projects are
+    /// left alone (unless `unlistedAccess: Remove`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["projectId".into()]))]
     pub project_roles: Vec<ProjectRoleAssignment>,
 
-    /// Ids of Atlas teams the user must belong to (teams not listed are left alone).
+    /// Ids of Atlas teams the user must belong to. A team this object added the user to that
+    /// leaves the list is left; other teams are left alone (unless `unlistedAccess: Remove`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(inner(regex(pattern = r"^[a-f0-9]{24}$")))]
     #[x_kube(merge_strategy = ListMerge::Set)]
@@ -106,10 +138,22 @@ pub struct AtlasOrgUserSpec {
     pub credentials_secret_ref: Option<SecretRef>,
 
     /// What deleting this object does in Atlas: `Delete` removes the user from the
-    /// organization (or cancels the pending invitation); `Orphan` leaves Atlas alone. Absent: the
-    /// AtlasOrganization's `defaultDeletionPolicy`, else `Delete`.
+    /// organization (or cancels the pending invitation) if this object invited them (see
+    /// `adoptedDeletionPolicy` for a user who was there before); `Orphan` leaves Atlas alone.
+    /// Absent: the AtlasOrganization's `defaultDeletionPolicy`, else `Delete`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deletion_policy: Option<DeletionPolicy>,
+
+    /// For a user who was in the organization before this object (adopted): `Orphan` (the
+    /// default) never removes them on deletion; `Delete` applies `deletionPolicy` to them too.
+    #[serde(default)]
+    pub adopted_deletion_policy: AdoptedDeletionPolicy,
+
+    /// Projects and teams not listed: `Keep` (default: only what this object granted is
+    /// taken away when it leaves the spec) or `Remove` (the user leaves every unlisted
+    /// project and team).
+    #[serde(default)]
+    pub unlisted_access: UnlistedAccess,
 
     /// When to send the invitation again: `Never`, `OnExpiry` (default) or
     /// `OnExpiryOrRejection`.
@@ -139,6 +183,33 @@ pub struct ObservedProjectRoles {
     /// Project roles Atlas reports for the user in this project.
     #[serde(default)]
     pub roles: Vec<String>,
+}
+
+/// What this object granted in Atlas, recorded before each grant is sent: what it takes away
+/// once it leaves the spec.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GrantedAccess {
+    /// Projects (with the roles granted there) this object gave the user.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub projects: Vec<ObservedProjectRoles>,
+    /// Teams this object added the user to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub team_ids: Vec<String>,
+}
+
+impl GrantedAccess {
+    pub fn is_empty(&self) -> bool {
+        self.projects.is_empty() && self.team_ids.is_empty()
+    }
+
+    pub fn has_project(&self, project_id: &str) -> bool {
+        self.projects.iter().any(|p| p.project_id == project_id)
+    }
+
+    pub fn has_team(&self, team_id: &str) -> bool {
+        self.team_ids.iter().any(|t| t == team_id)
+    }
 }
 
 /// What Atlas reports about the user, and how the object's reconciliation stands.
@@ -172,6 +243,20 @@ pub struct AtlasOrgUserStatus {
     /// Teams Atlas reports the user belongs to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub team_ids: Vec<String>,
+    /// What this object granted (projects with roles, teams), written before the grant is
+    /// sent: a project or team listed here that leaves the spec is taken away.
+    #[serde(default, skip_serializing_if = "GrantedAccess::is_empty")]
+    pub granted: GrantedAccess,
+    /// What deleting the object would do in Atlas now: RemoveUser, CancelInvitation or
+    /// LeaveInAtlas (Orphan, an adopted user, deletion protection, nobody there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_deletion: Option<DeletionEffect>,
+    /// Rejected invitations re-sent since the spec last changed (for the re-invitation backoff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reinvitations: Option<u32>,
+    /// The `metadata.generation` the current invitation was sent for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invited_generation: Option<i64>,
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

@@ -20,8 +20,8 @@ use super::error::{AtlasError, ErrorClass, api_error, header_u32};
 use super::limiter::{OrgRateLimiter, RateLimitSnapshot};
 use super::metrics::AtlasMetrics;
 use super::models::{
-    AddOrRemoveOrgRole, MAX_ITEMS_PER_PAGE, MembershipStatus, OrgUser, OrgUserRequest, OrgUserUpdateRequest,
-    Organization, Page, Team, UserIdBody,
+    AddOrRemoveGroupRole, AddOrRemoveOrgRole, GroupUser, MAX_ITEMS_PER_PAGE, MembershipStatus, OrgUser, OrgUserRequest,
+    OrgUserUpdateRequest, Organization, Page, Team, UserIdBody,
 };
 use super::retry::RetryPolicy;
 
@@ -432,6 +432,93 @@ impl AtlasClient {
         .await
     }
 
+    // ---- project users ----------------------------------------------------------------------
+
+    /// `addGroupUserRole` (`POST /groups/{groupId}/users/{userId}:addRole`): one project
+    /// role, atomically; roles others granted in the project stay. `org_id` is the user's
+    /// organization (pacing; the path has none). A refusal after which the user holds the
+    /// role (already there, or added by an earlier attempt) is a success, checked with
+    /// getOrgUser. Returns the user's roles in the project.
+    pub async fn add_group_role(
+        &self,
+        org_id: &str,
+        group_id: &str,
+        user_id: &str,
+        role: &str,
+    ) -> Result<Vec<String>, AtlasError> {
+        let op = Operation::AddGroupUserRole;
+        let body = AddOrRemoveGroupRole { group_role: role.to_string() };
+        let req = self.request(op, org_id, &[("groupId", group_id), ("userId", user_id)], vec![], Some(&body))?;
+        let result = self.execute(req).await;
+        self.settle_group(op, org_id, group_id, user_id, result, |roles| roles.iter().any(|r| r == role)).await
+    }
+
+    /// `removeGroupUserRole` (`:removeRole`): one project role. Atlas keeps at least one
+    /// role per project user: add before you remove, or remove the user from the project.
+    pub async fn remove_group_role(
+        &self,
+        org_id: &str,
+        group_id: &str,
+        user_id: &str,
+        role: &str,
+    ) -> Result<Vec<String>, AtlasError> {
+        let op = Operation::RemoveGroupUserRole;
+        let body = AddOrRemoveGroupRole { group_role: role.to_string() };
+        let req = self.request(op, org_id, &[("groupId", group_id), ("userId", user_id)], vec![], Some(&body))?;
+        let result = self.execute(req).await;
+        self.settle_group(op, org_id, group_id, user_id, result, |roles| !roles.iter().any(|r| r == role)).await
+    }
+
+    /// `removeGroupUser` (`DELETE /groups/{groupId}/users/{userId}`): take every project
+    /// role of the user in that project (pending or active users; the user stays in the
+    /// organization). A 404 met by a retry after an attempt whose outcome was unknown means
+    /// that attempt did it.
+    pub async fn remove_group_user(&self, org_id: &str, group_id: &str, user_id: &str) -> Result<(), AtlasError> {
+        let op = Operation::RemoveGroupUser;
+        let req = self.request(op, org_id, &[("groupId", group_id), ("userId", user_id)], vec![], None::<&()>)?;
+        match self.execute(req).await {
+            Ok(_) => Ok(()),
+            Err(f) if f.after_uncertain_attempt && f.error.class() == ErrorClass::NotFound => Ok(()),
+            Err(f) => Err(f.error),
+        }
+    }
+
+    /// [`AtlasClient::settle`] for a project-role call: the answer is a `GroupUserResponse`;
+    /// a conflict, or a refusal after an uncertain attempt, is checked against the user's
+    /// roles in the project as getOrgUser reports them.
+    async fn settle_group(
+        &self,
+        op: Operation,
+        org_id: &str,
+        group_id: &str,
+        user_id: &str,
+        result: Result<Answer, Failure>,
+        done: impl Fn(&[String]) -> bool,
+    ) -> Result<Vec<String>, AtlasError> {
+        let failure = match result {
+            Ok(answer) => return decode::<GroupUser>(op, &answer).map(|u| u.roles),
+            Err(f) => f,
+        };
+        let class = failure.error.class();
+        let check = class == ErrorClass::Conflict
+            || (failure.after_uncertain_attempt && matches!(class, ErrorClass::Permanent | ErrorClass::Conflict));
+        if check {
+            let user = self.get_org_user(org_id, user_id).await?;
+            let roles: Vec<String> = user
+                .roles
+                .group_role_assignments
+                .iter()
+                .filter(|a| a.group_id.as_deref() == Some(group_id))
+                .flat_map(|a| a.group_roles.iter().cloned())
+                .collect();
+            if done(&roles) {
+                debug!(operation = op.operation_id(), "refused, but already in the wanted state");
+                return Ok(roles);
+            }
+        }
+        Err(failure.error)
+    }
+
     // ---- teams ----------------------------------------------------------------------------
 
     /// `getOrgTeam`.
@@ -561,7 +648,7 @@ impl AtlasClient {
             return Err(invalid(op, "orgId", org_id));
         }
         for (name, value) in params {
-            if matches!(*name, "userId" | "teamId") && !is_atlas_id(value) {
+            if matches!(*name, "userId" | "teamId" | "groupId") && !is_atlas_id(value) {
                 return Err(invalid(op, name, value));
             }
         }

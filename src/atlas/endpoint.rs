@@ -24,10 +24,13 @@ pub enum Operation {
     ListOrgTeamUsers,
     AddOrgTeamUser,
     RemoveOrgTeamUser,
+    RemoveGroupUser,
+    AddGroupUserRole,
+    RemoveGroupUserRole,
 }
 
 impl Operation {
-    pub const ALL: [Operation; 14] = [
+    pub const ALL: [Operation; 17] = [
         Self::GetOrg,
         Self::ListOrgUsers,
         Self::CreateOrgUser,
@@ -42,6 +45,9 @@ impl Operation {
         Self::ListOrgTeamUsers,
         Self::AddOrgTeamUser,
         Self::RemoveOrgTeamUser,
+        Self::RemoveGroupUser,
+        Self::AddGroupUserRole,
+        Self::RemoveGroupUserRole,
     ];
 
     /// The spec's `operationId`.
@@ -61,6 +67,9 @@ impl Operation {
             Self::ListOrgTeamUsers => "listOrgTeamUsers",
             Self::AddOrgTeamUser => "addOrgTeamUser",
             Self::RemoveOrgTeamUser => "removeOrgTeamUser",
+            Self::RemoveGroupUser => "removeGroupUser",
+            Self::AddGroupUserRole => "addGroupUserRole",
+            Self::RemoveGroupUserRole => "removeGroupUserRole",
         }
     }
 
@@ -77,9 +86,11 @@ impl Operation {
             | Self::AddOrgUserRole
             | Self::RemoveOrgUserRole
             | Self::AddOrgTeamUser
-            | Self::RemoveOrgTeamUser => Method::POST,
+            | Self::RemoveOrgTeamUser
+            | Self::AddGroupUserRole
+            | Self::RemoveGroupUserRole => Method::POST,
             Self::UpdateOrgUser => Method::PATCH,
-            Self::RemoveOrgUser => Method::DELETE,
+            Self::RemoveOrgUser | Self::RemoveGroupUser => Method::DELETE,
         }
     }
 
@@ -97,6 +108,9 @@ impl Operation {
             Self::ListOrgTeamUsers => "/api/atlas/v2/orgs/{orgId}/teams/{teamId}/users",
             Self::AddOrgTeamUser => "/api/atlas/v2/orgs/{orgId}/teams/{teamId}:addUser",
             Self::RemoveOrgTeamUser => "/api/atlas/v2/orgs/{orgId}/teams/{teamId}:removeUser",
+            Self::RemoveGroupUser => "/api/atlas/v2/groups/{groupId}/users/{userId}",
+            Self::AddGroupUserRole => "/api/atlas/v2/groups/{groupId}/users/{userId}:addRole",
+            Self::RemoveGroupUserRole => "/api/atlas/v2/groups/{groupId}/users/{userId}:removeRole",
         }
     }
 
@@ -114,7 +128,10 @@ impl Operation {
             | Self::RemoveOrgUserRole
             | Self::ListOrgTeamUsers
             | Self::AddOrgTeamUser
-            | Self::RemoveOrgTeamUser => MEDIA_2025_02_19,
+            | Self::RemoveOrgTeamUser
+            | Self::RemoveGroupUser
+            | Self::AddGroupUserRole
+            | Self::RemoveGroupUserRole => MEDIA_2025_02_19,
         }
     }
 
@@ -122,7 +139,7 @@ impl Operation {
     pub fn success_status(self) -> u16 {
         match self {
             Self::CreateOrgUser => 201,
-            Self::RemoveOrgUser => 204,
+            Self::RemoveOrgUser | Self::RemoveGroupUser => 204,
             _ => 200,
         }
     }
@@ -137,6 +154,8 @@ impl Operation {
                 | Self::RemoveOrgUserRole
                 | Self::AddOrgTeamUser
                 | Self::RemoveOrgTeamUser
+                | Self::AddGroupUserRole
+                | Self::RemoveGroupUserRole
         )
     }
 
@@ -154,6 +173,9 @@ impl Operation {
             | Self::RemoveOrgUserRole => "org-users-write",
             Self::ListOrgTeams | Self::GetOrgTeam | Self::GetOrgTeamByName | Self::ListOrgTeamUsers => "teams-read",
             Self::AddOrgTeamUser | Self::RemoveOrgTeamUser => "teams-write",
+            // Project-user calls are metered per project by Atlas; the client paces them
+            // within the organization the plan names, like the org-user writes.
+            Self::RemoveGroupUser | Self::AddGroupUserRole | Self::RemoveGroupUserRole => "group-users-write",
         }
     }
 
@@ -225,6 +247,7 @@ mod tests {
     const ORG: &str = "5f1b2c3d4e5f60718293a4b5";
     const USER: &str = "6a1b2c3d4e5f60718293a4b6";
     const TEAM: &str = "6b1b2c3d4e5f60718293a4b7";
+    const GROUP: &str = "6c1b2c3d4e5f60718293a4b8";
 
     /// Method, path and media type of each operation, written out by hand from
     /// `../shared/atlas-api/org-access.yaml` (tests/atlas_spec.rs checks the table
@@ -232,10 +255,17 @@ mod tests {
     #[test]
     fn url_method_and_media_type_of_each_operation() {
         let base = Url::parse("https://cloud.mongodb.com").unwrap();
-        let params = [("orgId", ORG), ("userId", USER), ("teamId", TEAM), ("teamName", "platform admins/ops")];
+        let params = [
+            ("orgId", ORG),
+            ("userId", USER),
+            ("teamId", TEAM),
+            ("teamName", "platform admins/ops"),
+            ("groupId", GROUP),
+        ];
         let v1 = "application/vnd.atlas.2023-01-01+json";
         let v2 = "application/vnd.atlas.2025-02-19+json";
         let o = format!("https://cloud.mongodb.com/api/atlas/v2/orgs/{ORG}");
+        let g = format!("https://cloud.mongodb.com/api/atlas/v2/groups/{GROUP}");
         let table: Vec<(Operation, &str, String, &str, u16)> = vec![
             (Operation::GetOrg, "GET", o.clone(), v1, 200),
             (Operation::ListOrgUsers, "GET", format!("{o}/users"), v2, 200),
@@ -251,6 +281,9 @@ mod tests {
             (Operation::ListOrgTeamUsers, "GET", format!("{o}/teams/{TEAM}/users"), v2, 200),
             (Operation::AddOrgTeamUser, "POST", format!("{o}/teams/{TEAM}:addUser"), v2, 200),
             (Operation::RemoveOrgTeamUser, "POST", format!("{o}/teams/{TEAM}:removeUser"), v2, 200),
+            (Operation::RemoveGroupUser, "DELETE", format!("{g}/users/{USER}"), v2, 204),
+            (Operation::AddGroupUserRole, "POST", format!("{g}/users/{USER}:addRole"), v2, 200),
+            (Operation::RemoveGroupUserRole, "POST", format!("{g}/users/{USER}:removeRole"), v2, 200),
         ];
         assert_eq!(table.len(), Operation::ALL.len());
         for (op, method, url, media, status) in table {

@@ -14,14 +14,28 @@ pub const MAX_ITEMS_PER_PAGE: u32 = 500;
 /// How long an invitation stays open.
 pub const INVITATION_LIFETIME_DAYS: i64 = 30;
 
-/// `orgMembershipStatus` of an org user.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// `orgMembershipStatus` of an org user. A value this operator does not know (one Atlas
+/// adds later) decodes to [`MembershipStatus::Unknown`] instead of failing the whole listing:
+/// the object of that user reports it and makes no call, the others are unaffected.
+#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum MembershipStatus {
     Pending,
     Active,
     InvitationExpired,
     InvitationRejected,
+    /// A value not in the spec's enum (the raw value is logged when decoded).
+    Unknown,
+}
+
+impl<'de> Deserialize<'de> for MembershipStatus {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(deserializer)?;
+        Ok(raw.parse().unwrap_or_else(|_| {
+            tracing::warn!(value = %raw, "Atlas reported an orgMembershipStatus this operator does not know");
+            MembershipStatus::Unknown
+        }))
+    }
 }
 
 impl MembershipStatus {
@@ -35,6 +49,7 @@ impl MembershipStatus {
             Self::Active => "ACTIVE",
             Self::InvitationExpired => "INVITATION_EXPIRED",
             Self::InvitationRejected => "INVITATION_REJECTED",
+            Self::Unknown => "UNKNOWN",
         }
     }
 
@@ -129,6 +144,25 @@ pub struct OrgUserUpdateRequest {
 #[serde(rename_all = "camelCase")]
 pub struct AddOrRemoveOrgRole {
     pub org_role: String,
+}
+
+/// `AddOrRemoveGroupRole` (`/groups/{groupId}/users/{userId}:addRole` / `:removeRole`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AddOrRemoveGroupRole {
+    pub group_role: String,
+}
+
+/// `GroupUserResponse` (the fields the operator reads; pending and active branches alike):
+/// one user's roles in one project.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupUser {
+    pub id: String,
+    pub username: String,
+    pub org_membership_status: MembershipStatus,
+    #[serde(default)]
+    pub roles: Vec<String>,
 }
 
 /// `AddOrRemoveUserFromTeam` (`:addUser` / `:removeUser`) and `AddUserToTeam` (deprecated bulk).
@@ -244,4 +278,7 @@ pub mod codes {
     pub const TEAM_USER_LIMIT_EXCEEDED: &str = "TEAM_USER_LIMIT_EXCEEDED";
     /// 400: `:removeUser` of a user who is not in the team.
     pub const USER_NOT_IN_TEAM: &str = "USER_NOT_IN_TEAM";
+    /// 400: `:removeRole` of a user's only role in a project (Atlas: "A user must have at
+    /// least one role at all times"; remove the user from the project instead).
+    pub const CANNOT_REMOVE_LAST_GROUP_ROLE: &str = "CANNOT_REMOVE_LAST_GROUP_ROLE";
 }

@@ -263,7 +263,7 @@ pub async fn plan(args: RunArgs) -> ExitCode {
         let text = match outcome {
             Outcome::OrgUser(Ok(r)) => {
                 changes += r.plan.plan.actions.len();
-                r.plan.plan.to_string()
+                format!("{}on deletion: {}\n", r.plan.plan, r.plan.on_deletion_text())
             }
             Outcome::TeamMembership(Ok(r)) => {
                 changes += r.plan.plan.actions.len();

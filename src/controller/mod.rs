@@ -139,6 +139,8 @@ pub enum Error {
     DeletionBlocked(String),
     #[error("not allowed: {0}")]
     NotAllowed(String),
+    #[error("the ownership record could not be written before granting; nothing was sent: {0}")]
+    OwnershipNotRecorded(String),
     #[error("{}", describe_finalizer_error(.0))]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
@@ -200,7 +202,7 @@ impl Error {
             Error::Incomplete { retry_after: Some(d), .. } => Retry::After(*d),
             Error::Incomplete { transient: true, .. } => Retry::Backoff,
             Error::Incomplete { .. } => Retry::Slow,
-            Error::DeletionBlocked(_) => Retry::Backoff,
+            Error::DeletionBlocked(_) | Error::OwnershipNotRecorded(_) => Retry::Backoff,
             Error::NotAllowed(_) => Retry::Slow,
             Error::Finalizer(inner) => match inner.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => {

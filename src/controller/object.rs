@@ -40,8 +40,20 @@ pub(super) trait Managed:
     fn secret_ref(&self) -> Option<&str>;
     /// What the object asks of its organization (for the AtlasOrganization's rules).
     fn tenancy_request(&self) -> Request<'_>;
+    /// Whether deleting the object, under the effective deletion `policy` (its own, else its
+    /// AtlasOrganization's default), needs an Atlas call, so a finalizer must hold it until
+    /// that is done. Not for `Orphan`, nor under global deletion protection: such objects
+    /// carry no finalizer and delete at once, with or without a running operator.
+    fn needs_finalizer(&self, policy: DeletionPolicy, deletion_protection: bool) -> bool {
+        !deletion_protection && policy == DeletionPolicy::Delete
+    }
     /// What an orphaning deletion leaves in Atlas, for the event.
     fn left_in_atlas(&self) -> String;
+    /// Why deletion leaves Atlas alone when [`Managed::needs_finalizer`] says no for a reason
+    /// of the kind's own (an adopted user).
+    fn kept_because(&self) -> String {
+        "deletion needs no Atlas call".to_string()
+    }
     /// Observe, plan, execute (or clean up, for an object being deleted).
     fn run_engine(
         &self,
@@ -54,6 +66,10 @@ pub(super) async fn reconcile<K: Managed>(obj: Arc<K>, ctx: Arc<Context>) -> Res
     instrumented(obj.clone(), ctx.clone(), async move {
         let ns = obj.namespace().unwrap_or_default();
         let api: Api<K> = Api::namespaced(ctx.kube.clone(), &ns);
+        let policy = effective_deletion_policy(obj.as_ref(), &ctx);
+        if !obj.needs_finalizer(policy, ctx.deletion_protection) {
+            return without_finalizer(&api, obj, &ctx, policy).await;
+        }
         finalizer(&api, FINALIZER, obj, |event| async {
             match event {
                 FinalizerEvent::Apply(o) => converge(&api, o, &ctx, false).await,
@@ -64,6 +80,57 @@ pub(super) async fn reconcile<K: Managed>(obj: Arc<K>, ctx: Arc<Context>) -> Res
         .map_err(|e| Error::Finalizer(Box::new(e)))
     })
     .await
+}
+
+/// An object whose deletion needs no Atlas call: a finalizer it still carries (added before
+/// the policy changed, or before adoption was known) is removed; when it is being deleted
+/// the only thing left is the `Orphaned` event.
+async fn without_finalizer<K: Managed>(
+    api: &Api<K>,
+    obj: Arc<K>,
+    ctx: &Context,
+    policy: DeletionPolicy,
+) -> Result<Action, Error> {
+    let ours = obj.finalizers().iter().position(|f| f == FINALIZER);
+    if obj.meta().deletion_timestamp.is_some() {
+        if let Some(index) = ours {
+            orphaned(obj.as_ref(), ctx, policy, None).await;
+            remove_finalizer(api, obj.as_ref(), index).await?;
+        }
+        return Ok(Action::await_change());
+    }
+    if let Some(index) = ours {
+        remove_finalizer(api, obj.as_ref(), index).await?;
+    }
+    converge(api, obj, ctx, false).await
+}
+
+/// Removes the finalizer at `index`, testing first that it is still there (as kube-rs does).
+async fn remove_finalizer<K: Managed>(api: &Api<K>, obj: &K, index: usize) -> Result<(), Error> {
+    let path = format!("/metadata/finalizers/{index}");
+    let patch: json_patch::Patch = serde_json::from_value(serde_json::json!([
+        {"op": "test", "path": path, "value": FINALIZER},
+        {"op": "remove", "path": path},
+    ]))
+    .expect("a well-formed JSON patch");
+    api.patch::<K>(&obj.name_any(), &kube::api::PatchParams::default(), &kube::api::Patch::Json(patch)).await?;
+    Ok(())
+}
+
+async fn orphaned<K: Managed>(obj: &K, ctx: &Context, policy: DeletionPolicy, refused: Option<String>) {
+    let why = if let Some(refused) = refused {
+        refused
+    } else if ctx.deletion_protection {
+        "the operator runs with --deletion-protection".to_string()
+    } else if policy == DeletionPolicy::Orphan && obj.tenancy_request().deletion_policy().is_some() {
+        "deletionPolicy is Orphan".to_string()
+    } else if policy == DeletionPolicy::Orphan {
+        "the AtlasOrganization's defaultDeletionPolicy is Orphan".to_string()
+    } else {
+        obj.kept_because()
+    };
+    ctx.publish(obj, false, "Orphaned", &format!("left {} in Atlas: {why}", obj.left_in_atlas())).await;
+    ctx.metrics.set_ready(K::KIND, &obj.namespace().unwrap_or_default(), &obj.name_any(), None);
 }
 
 fn count_status_write<K: Managed>(ctx: &Context) {
@@ -113,11 +180,24 @@ async fn write_failure<K: Managed>(
 
 /// The AtlasOrganizations that name the object's orgId (by name; normally one), and why they
 /// refuse it, if they do. Reads the namespace only when a label selector has to decide.
+/// The AtlasOrganizations of the object's organization, by name (from the store).
+fn organizations_of<K: Managed>(obj: &K, ctx: &Context) -> Vec<Arc<AtlasOrganization>> {
+    let org_id = obj.tenancy_request().org_id().to_string();
+    let mut orgs: Vec<Arc<AtlasOrganization>> =
+        ctx.organizations.state().into_iter().filter(|o| o.spec.org_id == org_id).collect();
+    orgs.sort_by_key(|o| o.name_any());
+    orgs
+}
+
+/// The object's own deletion policy, else its AtlasOrganization's default, else `Delete`.
+fn effective_deletion_policy<K: Managed>(obj: &K, ctx: &Context) -> DeletionPolicy {
+    let orgs = organizations_of(obj, ctx);
+    tenancy::effective_deletion_policy(obj.tenancy_request(), orgs.first().map(|o| &o.spec))
+}
+
 async fn tenancy<K: Managed>(obj: &K, ctx: &Context) -> Result<(Vec<Arc<AtlasOrganization>>, Vec<String>), Error> {
     let request = obj.tenancy_request();
-    let mut orgs: Vec<Arc<AtlasOrganization>> =
-        ctx.organizations.state().into_iter().filter(|o| o.spec.org_id == request.org_id()).collect();
-    orgs.sort_by_key(|o| o.name_any());
+    let orgs = organizations_of(obj, ctx);
     let ns = obj.namespace().unwrap_or_default();
     let mut labels = None;
     let mut refusals = Vec::new();
@@ -183,6 +263,10 @@ async fn converge<K: Managed>(api: &Api<K>, obj: Arc<K>, ctx: &Context, deleting
         }
         ctx.publish(obj.as_ref(), event.warning, &event.reason, &event.note).await;
     }
+    if let Some(why) = report.unrecorded {
+        // Nothing was sent: the next attempt plans, records and grants again.
+        return Err(Error::OwnershipNotRecorded(why));
+    }
     if deleting && report.finalizer_may_be_removed {
         ctx.metrics.set_ready(K::KIND, &ns, &name, None);
         return Ok(Action::await_change());
@@ -218,18 +302,9 @@ async fn cleanup<K: Managed>(api: &Api<K>, obj: Arc<K>, ctx: &Context) -> Result
     let policy = tenancy::effective_deletion_policy(obj.tenancy_request(), orgs.first().map(|o| &o.spec));
     // Orphaning needs no Atlas call, so it needs no credentials either; an object its
     // organization does not allow has no authority to call Atlas, not even to clean up.
-    if ctx.deletion_protection || policy == DeletionPolicy::Orphan || !refusals.is_empty() {
-        let why = if ctx.deletion_protection {
-            "the operator runs with --deletion-protection".to_string()
-        } else if !refusals.is_empty() {
-            format!("not allowed: {}", refusals.join("; "))
-        } else if obj.tenancy_request().deletion_policy().is_some() {
-            "deletionPolicy is Orphan".to_string()
-        } else {
-            "the AtlasOrganization's defaultDeletionPolicy is Orphan".to_string()
-        };
-        ctx.publish(obj.as_ref(), false, "Orphaned", &format!("left {} in Atlas: {why}", obj.left_in_atlas())).await;
-        ctx.metrics.set_ready(K::KIND, &obj.namespace().unwrap_or_default(), &obj.name_any(), None);
+    if !obj.needs_finalizer(policy, ctx.deletion_protection) || !refusals.is_empty() {
+        let why = (!refusals.is_empty()).then(|| format!("not allowed: {}", refusals.join("; ")));
+        orphaned(obj.as_ref(), ctx, policy, why).await;
         return Ok(Action::await_change());
     }
     converge(api, obj, ctx, true).await

@@ -5,9 +5,12 @@ use kube::ResourceExt;
 
 use super::Context;
 use super::object::Managed;
-use crate::api::{AtlasOrgUser, AtlasOrgUserStatus};
+use kube::Api;
+
+use super::status::apply_status;
+use crate::api::{AdoptedDeletionPolicy, AtlasOrgUser, AtlasOrgUserStatus, DeletionPolicy};
 use crate::atlas::{AtlasClient, AtlasError};
-use crate::engine::{self, Mode, Report};
+use crate::engine::{self, IntentRecorder, Mode, Report};
 use crate::reconcile::OrgUserPlan;
 use crate::reconcile::tenancy::Request;
 use crate::reconcile::{Claim, username_key};
@@ -45,15 +48,44 @@ impl Managed for AtlasOrgUser {
         format!("{} in organization {}", self.spec.username, self.spec.org_id)
     }
 
+    /// An adopted user (in the organization before this object) is left in Atlas on deletion
+    /// unless `adoptedDeletionPolicy: Delete`: no Atlas call, so no finalizer.
+    fn needs_finalizer(&self, policy: DeletionPolicy, deletion_protection: bool) -> bool {
+        let keeps_adopted = self.status.as_ref().and_then(|s| s.adopted) == Some(true)
+            && self.spec.adopted_deletion_policy == AdoptedDeletionPolicy::Orphan;
+        !deletion_protection && policy == DeletionPolicy::Delete && !keeps_adopted
+    }
+
+    fn kept_because(&self) -> String {
+        "the user was in the organization before this object (adopted) and adoptedDeletionPolicy is Orphan".into()
+    }
+
     async fn run_engine(
         &self,
         client: &AtlasClient,
         ctx: &Context,
     ) -> Result<Report<Self::Plan, Self::Status>, AtlasError> {
         let rivals = rivals(self, ctx);
+        let recorder = StatusRecorder {
+            api: Api::namespaced(ctx.kube.clone(), &self.namespace().unwrap_or_default()),
+            name: self.name_any(),
+        };
         let now = Timestamp::now();
-        let mut report = engine::reconcile_org_user(client, &ctx.index, self, &rivals, Mode::Apply, now).await?;
+        let mut report =
+            engine::reconcile_org_user_recorded(client, &ctx.index, self, &rivals, Mode::Apply, now, &recorder).await?;
         engine::flag_expiring_invitation(&mut report, self.status.as_ref(), now, ctx.invitation_warning);
         Ok(report)
+    }
+}
+
+/// The ownership record goes to the API server (a status apply) before the grants it covers.
+struct StatusRecorder {
+    api: Api<AtlasOrgUser>,
+    name: String,
+}
+
+impl IntentRecorder<AtlasOrgUserStatus> for StatusRecorder {
+    async fn record(&self, intent: &AtlasOrgUserStatus) -> Result<(), String> {
+        apply_status(&self.api, &self.name, None, intent).await.map(|_| ()).map_err(|e| format!("status apply: {e}"))
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod driver;
 pub mod index;
+pub mod intent;
 pub mod notices;
 
 use std::collections::BTreeMap;
@@ -20,10 +21,11 @@ use crate::atlas::{AtlasClient, AtlasError, ListOrgUsersQuery};
 use crate::reconcile::export::OrgSnapshot;
 use crate::reconcile::{
     Action, ActionError, ActionOutcome, Claim, ErrorClass, FailureMode, ObservedTeam, OrgUserDirectory, OrgUserInput,
-    OrgUserPlan, Plan, TeamInput, TeamPlan, org_user_status, plan_org_user, plan_team_membership,
-    team_membership_status,
+    OrgUserPlan, Plan, TeamInput, TeamPlan, contradicts_observation, org_user_status, plan_org_user,
+    plan_team_membership, team_membership_status,
 };
 pub use index::OrgUserIndex;
+pub use intent::{InMemoryRecord, IntentRecorder};
 
 /// Whether a reconcile writes to Atlas.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,6 +64,10 @@ pub mod events {
     pub const ORG_ROLES_CHANGED: &str = "OrgRolesChanged";
     pub const PROJECT_ROLES_CHANGED: &str = "ProjectRolesChanged";
     pub const TEAM_JOINED: &str = "TeamJoined";
+    pub const TEAM_LEFT: &str = "TeamLeft";
+    pub const PROJECT_LEFT: &str = "ProjectLeft";
+    pub const OWNERSHIP_NOT_RECORDED: &str = "OwnershipNotRecorded";
+    pub const REOBSERVED: &str = "Reobserved";
     pub const MEMBER_ADDED: &str = "MemberAdded";
     pub const MEMBER_REMOVED: &str = "MemberRemoved";
     pub const USER_REMOVED: &str = "UserRemoved";
@@ -84,6 +90,8 @@ pub struct Report<P, S> {
     /// The earliest `Retry-After` among rate-limited calls.
     pub requeue_after: Option<Duration>,
     pub events: Vec<EngineEvent>,
+    /// The ownership record could not be written before the grants (why): nothing was sent.
+    pub unrecorded: Option<String>,
 }
 
 /// What one reconcile of an AtlasOrgUser did and found.
@@ -160,8 +168,23 @@ async fn run_action(client: &AtlasClient, action: &Action) -> Executed {
         Action::RemoveOrgRole { org_id, user_id, role, .. } => {
             done(client.remove_org_role(org_id, user_id, role).await)
         }
-        Action::UpdateOrgUser { org_id, user_id, request, .. } => {
-            done(client.update_org_user(org_id, user_id, request).await)
+        Action::AddProjectRole { org_id, project_id, user_id, role, .. } => {
+            match client.add_group_role(org_id, project_id, user_id, role).await {
+                Ok(_) => ActionOutcome::Done(None),
+                Err(e) => ActionOutcome::Failed(action_error(&e)),
+            }
+        }
+        Action::RemoveProjectRole { org_id, project_id, user_id, role, .. } => {
+            match client.remove_group_role(org_id, project_id, user_id, role).await {
+                Ok(_) => ActionOutcome::Done(None),
+                Err(e) => ActionOutcome::Failed(action_error(&e)),
+            }
+        }
+        Action::RemoveProjectUser { org_id, project_id, user_id, .. } => {
+            match client.remove_group_user(org_id, project_id, user_id).await {
+                Ok(()) => ActionOutcome::Done(None),
+                Err(e) => ActionOutcome::Failed(action_error(&e)),
+            }
         }
         Action::AddTeamUser { org_id, team_id, user_id, .. } => {
             done(client.add_team_user(org_id, team_id, user_id).await)
@@ -179,7 +202,9 @@ fn org_of(action: &Action) -> &str {
         | Action::RemoveOrgUser { org_id, .. }
         | Action::AddOrgRole { org_id, .. }
         | Action::RemoveOrgRole { org_id, .. }
-        | Action::UpdateOrgUser { org_id, .. }
+        | Action::AddProjectRole { org_id, .. }
+        | Action::RemoveProjectRole { org_id, .. }
+        | Action::RemoveProjectUser { org_id, .. }
         | Action::AddTeamUser { org_id, .. }
         | Action::RemoveTeamUser { org_id, .. } => org_id,
     }
@@ -352,6 +377,7 @@ fn org_user_events(
 ) -> Vec<EngineEvent> {
     let mut events = Vec::new();
     if plan.adopted == Some(true)
+        && !input.deleting
         && input.previous.and_then(|s| s.adopted).is_none()
         && let Some(user) = input.observed
     {
@@ -391,16 +417,17 @@ fn org_user_events(
                 ));
             }
             Action::AddOrgRole { .. } | Action::RemoveOrgRole { .. } => roles_changed = true,
-            Action::UpdateOrgUser { .. } => {
+            Action::AddProjectRole { .. } | Action::RemoveProjectRole { .. } => {
                 events.push(EngineEvent::normal(events::PROJECT_ROLES_CHANGED, action.to_string()))
+            }
+            Action::RemoveProjectUser { .. } => {
+                events.push(EngineEvent::normal(events::PROJECT_LEFT, action.to_string()))
             }
             Action::AddTeamUser { username, team_id, .. } => {
                 events.push(EngineEvent::normal(events::TEAM_JOINED, format!("{username} joined team {team_id}")))
             }
             Action::RemoveOrgUser { .. } => events.push(EngineEvent::normal(events::USER_REMOVED, action.to_string())),
-            Action::RemoveTeamUser { .. } => {
-                events.push(EngineEvent::normal(events::MEMBER_REMOVED, action.to_string()))
-            }
+            Action::RemoveTeamUser { .. } => events.push(EngineEvent::normal(events::TEAM_LEFT, action.to_string())),
         }
     }
     if roles_changed {
@@ -432,9 +459,9 @@ pub fn flag_expiring_invitation(
     report.status.conditions.push(condition);
 }
 
-/// Observe, plan, (in [`Mode::Apply``]) execute, and build the status of one AtlasOrgUser.
-/// `rivals` are the other live objects claiming the same (orgId, username). `Err` means no
-/// plan could be made (the organization's users could not be listed).
+/// Observe, plan, (in [`Mode::Apply`]) execute, and build the status of one AtlasOrgUser,
+/// with the ownership record held in memory only ([`InMemoryRecord`]: the one-shot CLI, whose
+/// statuses live for the run). See [`reconcile_org_user_recorded`].
 pub async fn reconcile_org_user(
     client: &AtlasClient,
     index: &OrgUserIndex,
@@ -443,48 +470,133 @@ pub async fn reconcile_org_user(
     mode: Mode,
     now: Timestamp,
 ) -> Result<OrgUserReport, AtlasError> {
-    let org_id = object.spec.org_id.as_str();
-    let directory = index.shared_directory(client, org_id).await?;
-    let input = OrgUserInput::from_object(object, &directory, rivals, now);
-    let plan = plan_org_user(&input);
-    let asked_by = driver::display_name(&object.metadata);
+    reconcile_org_user_recorded(client, index, object, rivals, mode, now, &InMemoryRecord).await
+}
+
+/// One round: plan from `input`, persist the ownership record first when the plan grants
+/// something new (nothing is sent if that fails), execute.
+struct Round {
+    plan: OrgUserPlan,
+    outcomes: Vec<ActionOutcome>,
+    mine: OrgUserDirectory,
+    unrecorded: Option<String>,
+}
+
+async fn org_user_round(
+    client: &AtlasClient,
+    index: &OrgUserIndex,
+    input: &OrgUserInput<'_>,
+    mode: Mode,
+    recorder: &impl IntentRecorder<AtlasOrgUserStatus>,
+) -> Round {
+    let plan = plan_org_user(input);
     // This user's record, kept up to date with what the calls return.
     let mut mine = OrgUserDirectory::new(input.observed.cloned());
-    let outcomes = match mode {
-        Mode::PlanOnly => Vec::new(),
-        Mode::Apply => {
-            execute_observed(client, &plan.plan, |action, outcome, existing| {
-                notices::audit("AtlasOrgUser", &asked_by, action, outcome);
-                index.apply(client, org_of(action), action, outcome);
-                mine.apply(action, outcome);
-                if let Some(user) = existing {
-                    index.upsert(client, org_of(action), user);
-                    mine.upsert(user.clone());
-                }
-            })
-            .await
+    if mode == Mode::PlanOnly || plan.plan.actions.is_empty() {
+        return Round { plan, outcomes: Vec::new(), mine, unrecorded: None };
+    }
+    if plan.record_first {
+        let intent =
+            AtlasOrgUserStatus { granted: plan.granted.clone(), ..input.previous.cloned().unwrap_or_default() };
+        if let Err(why) = recorder.record(&intent).await {
+            let outcomes = plan.plan.actions.iter().map(|_| ActionOutcome::Skipped).collect();
+            return Round { plan, outcomes, mine, unrecorded: Some(why) };
         }
+    }
+    let asked_by = input.claim.to_string();
+    let outcomes = execute_observed(client, &plan.plan, |action, outcome, existing| {
+        notices::audit("AtlasOrgUser", &asked_by, action, outcome);
+        index.apply(client, org_of(action), action, outcome);
+        mine.apply(action, outcome);
+        if let Some(user) = existing {
+            index.upsert(client, org_of(action), user);
+            mine.upsert(user.clone());
+        }
+    })
+    .await;
+    Round { plan, outcomes, mine, unrecorded: None }
+}
+
+/// Observe, plan, (in [`Mode::Apply`]) execute, and build the status of one AtlasOrgUser.
+/// `rivals` are the other live objects claiming the same (orgId, username). Before the
+/// first call of a plan that grants a project or team not yet recorded, `recorder` persists
+/// the new ownership record (`status.granted`); if it fails nothing is sent and the report's
+/// `unrecorded` says why. An answer contradicting the cached listing (a 404) invalidates the
+/// organization's listing, and the object is planned and executed once more from a fresh
+/// read, so a condition says `Stalled` only about what a fresh read confirms. `Err` means no
+/// plan could be made (the organization's users could not be listed).
+pub async fn reconcile_org_user_recorded(
+    client: &AtlasClient,
+    index: &OrgUserIndex,
+    object: &AtlasOrgUser,
+    rivals: &[Claim],
+    mode: Mode,
+    now: Timestamp,
+    recorder: &impl IntentRecorder<AtlasOrgUserStatus>,
+) -> Result<OrgUserReport, AtlasError> {
+    let org_id = object.spec.org_id.as_str();
+    let directory = index.shared_directory(client, org_id).await?;
+    let first_input = OrgUserInput::from_object(object, &directory, rivals, now);
+    let first = org_user_round(client, index, &first_input, mode, recorder).await;
+    if !contradicts_observation(&first.outcomes) {
+        return Ok(org_user_report(&first_input, first, mode, Vec::new()));
+    }
+    index.invalidate(org_id);
+    let fresh_directory = index.shared_directory(client, org_id).await?;
+    // What the first round did is part of what happened; its record carries over.
+    let mut events = org_user_events(&first_input, &first.plan, &first.outcomes, first.mine.get(&object.spec.username));
+    events.push(EngineEvent::normal(
+        events::REOBSERVED,
+        format!("an answer contradicted the cached listing of org {org_id}: listed it again and planned anew"),
+    ));
+    let first_status =
+        org_user_status(&first_input, &first.plan, &first.outcomes, first.mine.get(&object.spec.username));
+    let carried = AtlasOrgUserStatus {
+        granted: first_status.granted,
+        adopted: first_status.adopted,
+        ..object.status.clone().unwrap_or_default()
     };
-    let fresh = mine.get(&object.spec.username);
-    let status = org_user_status(&input, &plan, &outcomes, fresh);
-    let mut events = org_user_events(&input, &plan, &outcomes, fresh);
+    let input = OrgUserInput {
+        previous: Some(&carried),
+        observed: fresh_directory.get(&object.spec.username),
+        observed_fresh: true,
+        ..first_input.clone()
+    };
+    let second = org_user_round(client, index, &input, mode, recorder).await;
+    Ok(org_user_report(&input, second, mode, events))
+}
+
+fn org_user_report(input: &OrgUserInput, round: Round, mode: Mode, mut events: Vec<EngineEvent>) -> OrgUserReport {
+    let Round { plan, outcomes, mine, unrecorded } = round;
+    let fresh = mine.get(&input.spec.username);
+    let status = org_user_status(input, &plan, &outcomes, fresh);
+    events.extend(org_user_events(input, &plan, &outcomes, fresh));
     if let Some(previous) = input.previous
         && !plan.plan.deleting
         && notices::was_in_sync(&previous.conditions, previous.observed_generation, input.generation)
     {
-        let drift = notices::org_user_drift(&object.spec, input.observed, &plan.plan.actions, &outcomes);
+        let drift = notices::org_user_drift(input.spec, input.observed, &plan.plan.actions, &outcomes);
         notices::fold_drift(&mut events, drift);
     }
     let previous_conditions = input.previous.map(|s| s.conditions.as_slice()).unwrap_or_default();
     events.extend(notices::condition_warning(previous_conditions, &status.conditions));
-    Ok(OrgUserReport {
-        finalizer_may_be_removed: mode == Mode::Apply && plan.plan.finalizer_may_be_removed(&outcomes),
+    if let Some(why) = &unrecorded {
+        events.push(EngineEvent::warning(
+            events::OWNERSHIP_NOT_RECORDED,
+            format!("nothing was sent to Atlas: the ownership record could not be written first: {why}"),
+        ));
+    }
+    OrgUserReport {
+        finalizer_may_be_removed: mode == Mode::Apply
+            && unrecorded.is_none()
+            && plan.plan.finalizer_may_be_removed(&outcomes),
         requeue_after: earliest_retry(&outcomes),
         plan,
         outcomes,
         status,
         events,
-    })
+        unrecorded,
+    }
 }
 
 fn team_events(plan: &TeamPlan, outcomes: &[ActionOutcome], team: Option<&ObservedTeam>) -> Vec<EngineEvent> {
@@ -561,5 +673,6 @@ pub async fn reconcile_team_membership(
         outcomes,
         status,
         events,
+        unrecorded: None,
     })
 }

@@ -5,7 +5,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
-use super::{EngineEvent, events};
+use super::{EngineEvent, events, org_of};
 use crate::api::AtlasOrgUserSpec;
 use crate::api::conditions::{self, READY};
 use crate::atlas::Operation;
@@ -19,21 +19,11 @@ pub fn operation(action: &Action) -> Operation {
         Action::RemoveOrgUser { .. } => Operation::RemoveOrgUser,
         Action::AddOrgRole { .. } => Operation::AddOrgUserRole,
         Action::RemoveOrgRole { .. } => Operation::RemoveOrgUserRole,
-        Action::UpdateOrgUser { .. } => Operation::UpdateOrgUser,
+        Action::AddProjectRole { .. } => Operation::AddGroupUserRole,
+        Action::RemoveProjectRole { .. } => Operation::RemoveGroupUserRole,
+        Action::RemoveProjectUser { .. } => Operation::RemoveGroupUser,
         Action::AddTeamUser { .. } => Operation::AddOrgTeamUser,
         Action::RemoveTeamUser { .. } => Operation::RemoveOrgTeamUser,
-    }
-}
-
-fn org_of(action: &Action) -> &str {
-    match action {
-        Action::CreateOrgUser { org_id, .. }
-        | Action::RemoveOrgUser { org_id, .. }
-        | Action::AddOrgRole { org_id, .. }
-        | Action::RemoveOrgRole { org_id, .. }
-        | Action::UpdateOrgUser { org_id, .. }
-        | Action::AddTeamUser { org_id, .. }
-        | Action::RemoveTeamUser { org_id, .. } => org_id,
     }
 }
 
@@ -102,7 +92,9 @@ fn is_correction(action: &Action) -> bool {
         action,
         Action::AddOrgRole { .. }
             | Action::RemoveOrgRole { .. }
-            | Action::UpdateOrgUser { .. }
+            | Action::AddProjectRole { .. }
+            | Action::RemoveProjectRole { .. }
+            | Action::RemoveProjectUser { .. }
             | Action::AddTeamUser { .. }
             | Action::RemoveTeamUser { .. }
     )
@@ -141,30 +133,36 @@ pub fn org_user_drift(
         let wants = sorted(spec.org_roles.iter().map(|r| r.as_str().to_string()));
         parts.push(format!("org roles: Atlas had {had}, the spec wants {wants}"));
     }
+    let mut changed_projects: Vec<&str> = corrected
+        .iter()
+        .filter_map(|a| match a {
+            Action::AddProjectRole { project_id, .. }
+            | Action::RemoveProjectRole { project_id, .. }
+            | Action::RemoveProjectUser { project_id, .. } => Some(project_id.as_str()),
+            _ => None,
+        })
+        .collect();
+    changed_projects.sort();
+    changed_projects.dedup();
+    for project in changed_projects {
+        let had = sorted(
+            observed
+                .into_iter()
+                .flat_map(|u| &u.roles.group_role_assignments)
+                .filter(|a| a.group_id.as_deref() == Some(project))
+                .flat_map(|a| a.group_roles.clone()),
+        );
+        let wants = sorted(
+            spec.project_roles
+                .iter()
+                .filter(|p| p.project_id == project)
+                .flat_map(|p| p.roles.iter().map(|r| r.as_str().to_string())),
+        );
+        parts.push(format!("project {project} roles: Atlas had {had}, the spec wants {wants}"));
+    }
     for action in &corrected {
-        match action {
-            Action::UpdateOrgUser { changed_projects, .. } => {
-                for project in changed_projects {
-                    let had = sorted(
-                        observed
-                            .into_iter()
-                            .flat_map(|u| &u.roles.group_role_assignments)
-                            .filter(|a| a.group_id.as_deref() == Some(project.as_str()))
-                            .flat_map(|a| a.group_roles.clone()),
-                    );
-                    let wants = sorted(
-                        spec.project_roles
-                            .iter()
-                            .filter(|p| &p.project_id == project)
-                            .flat_map(|p| p.roles.iter().map(|r| r.as_str().to_string())),
-                    );
-                    parts.push(format!("project {project} roles: Atlas had {had}, the spec wants {wants}"));
-                }
-            }
-            Action::AddTeamUser { team_id, username, .. } => {
-                parts.push(format!("team {team_id}: Atlas no longer had {username} in it, the spec lists it"))
-            }
-            _ => {}
+        if let Action::AddTeamUser { team_id, username, .. } = action {
+            parts.push(format!("team {team_id}: Atlas no longer had {username} in it, the spec lists it"));
         }
     }
     Some(drift_event(&spec.username, parts))

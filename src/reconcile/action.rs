@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde::Serialize;
 
-use crate::atlas::models::{MembershipStatus, OrgUserRequest, OrgUserUpdateRequest};
+use crate::atlas::models::{MembershipStatus, OrgUserRequest};
 
 /// Why a plan removes a user from the organization.
 #[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,15 +43,15 @@ pub enum Action {
     AddOrgRole { org_id: String, user_id: String, username: String, role: String },
     /// `removeOrgUserRole` (`:removeRole`): one organization role.
     RemoveOrgRole { org_id: String, user_id: String, username: String, role: String },
-    /// `updateOrgUser` (PATCH): the full roles object, for project roles.
-    UpdateOrgUser {
-        org_id: String,
-        user_id: String,
-        username: String,
-        request: OrgUserUpdateRequest,
-        /// Projects whose roles this call changes (the request carries all of them).
-        changed_projects: Vec<String>,
-    },
+    /// `addGroupUserRole` (`POST /groups/{projectId}/users/{userId}:addRole`): one project
+    /// role, atomically (roles granted by others in the project stay).
+    AddProjectRole { org_id: String, project_id: String, user_id: String, username: String, role: String },
+    /// `removeGroupUserRole` (`:removeRole`): one project role; planned after the additions
+    /// of the same project so the user keeps at least one role there.
+    RemoveProjectRole { org_id: String, project_id: String, user_id: String, username: String, role: String },
+    /// `removeGroupUser` (`DELETE /groups/{projectId}/users/{userId}`): every role of the
+    /// user in the project; the user stays in the organization.
+    RemoveProjectUser { org_id: String, project_id: String, user_id: String, username: String },
     /// `addOrgTeamUser` (`:addUser`).
     AddTeamUser { org_id: String, team_id: String, user_id: String, username: String },
     /// `removeOrgTeamUser` (`:removeUser`).
@@ -66,7 +66,9 @@ impl Action {
             Action::RemoveOrgUser { user_id, .. }
             | Action::AddOrgRole { user_id, .. }
             | Action::RemoveOrgRole { user_id, .. }
-            | Action::UpdateOrgUser { user_id, .. }
+            | Action::AddProjectRole { user_id, .. }
+            | Action::RemoveProjectRole { user_id, .. }
+            | Action::RemoveProjectUser { user_id, .. }
             | Action::AddTeamUser { user_id, .. }
             | Action::RemoveTeamUser { user_id, .. } => Some(user_id),
         }
@@ -79,7 +81,9 @@ impl Action {
             Action::RemoveOrgUser { username, .. }
             | Action::AddOrgRole { username, .. }
             | Action::RemoveOrgRole { username, .. }
-            | Action::UpdateOrgUser { username, .. }
+            | Action::AddProjectRole { username, .. }
+            | Action::RemoveProjectRole { username, .. }
+            | Action::RemoveProjectUser { username, .. }
             | Action::AddTeamUser { username, .. }
             | Action::RemoveTeamUser { username, .. } => username,
         }
@@ -129,23 +133,15 @@ impl fmt::Display for Action {
             Action::RemoveOrgRole { org_id, user_id, username, role } => {
                 write!(f, "remove org role {role} from {username} ({user_id}) in org {org_id}")
             }
-            Action::UpdateOrgUser { org_id, user_id, username, request, changed_projects } => {
-                write!(f, "set project roles of {username} ({user_id}) in org {org_id}:")?;
-                let assignments = request.roles.as_ref().map(|r| r.group_role_assignments.as_slice()).unwrap_or(&[]);
-                for (i, project) in changed_projects.iter().enumerate() {
-                    let roles: Vec<&str> = assignments
-                        .iter()
-                        .filter(|a| a.group_id.as_deref() == Some(project.as_str()))
-                        .flat_map(|a| a.group_roles.iter().map(String::as_str))
-                        .collect();
-                    let sep = if i == 0 { " " } else { "; " };
-                    write!(
-                        f,
-                        "{sep}project {project}: {}",
-                        if roles.is_empty() { "none".into() } else { join(&roles) }
-                    )?;
-                }
-                Ok(())
+            Action::AddProjectRole { org_id, project_id, user_id, username, role } => {
+                write!(f, "add project role {role} to {username} ({user_id}) in project {project_id} of org {org_id}")
+            }
+            Action::RemoveProjectRole { org_id, project_id, user_id, username, role } => write!(
+                f,
+                "remove project role {role} from {username} ({user_id}) in project {project_id} of org {org_id}"
+            ),
+            Action::RemoveProjectUser { org_id, project_id, user_id, username } => {
+                write!(f, "remove {username} ({user_id}) from project {project_id} of org {org_id}")
             }
             Action::AddTeamUser { org_id, team_id, user_id, username } => {
                 write!(f, "add {username} ({user_id}) to team {team_id} in org {org_id}")

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use super::action::Action;
 use super::outcome::{ActionOutcome, Settled, settle};
-use crate::atlas::models::{OrgUser, Team};
+use crate::atlas::models::{GroupRoleAssignment, OrgUser, Team};
 
 /// Usernames are email addresses; Atlas treats them case-insensitively.
 pub fn username_key(username: &str) -> String {
@@ -70,6 +70,16 @@ impl OrgUserDirectory {
         self.by_username.remove(&key)
     }
 
+    /// The user with `user_id`, with an (empty if new) assignment for `project_id`.
+    fn project_user_mut<'s>(this: &'s mut Self, user_id: &str, project_id: &str) -> Option<&'s mut OrgUser> {
+        let user = this.by_username.values_mut().find(|u| u.id == user_id)?;
+        let assignments = &mut user.roles.group_role_assignments;
+        if !assignments.iter().any(|a| a.group_id.as_deref() == Some(project_id)) {
+            assignments.push(GroupRoleAssignment { group_id: Some(project_id.to_string()), group_roles: Vec::new() });
+        }
+        Some(user)
+    }
+
     /// Update after one executed action: the user Atlas returned replaces the old record; a
     /// removal (or a removal of someone already gone) drops it.
     pub fn apply(&mut self, action: &Action, outcome: &ActionOutcome) {
@@ -79,10 +89,41 @@ impl OrgUserDirectory {
             self.upsert(user.as_ref().clone());
             return;
         }
-        if let Action::RemoveOrgUser { user_id, .. } = action
-            && settle(action, Some(outcome)) == Settled::Done
-        {
-            self.remove_id(user_id);
+        if settle(action, Some(outcome)) != Settled::Done {
+            return;
+        }
+        // Project-role calls answer with the project's view of the user only: their effect
+        // is applied to the org record here.
+        let project_roles = Self::project_user_mut;
+        match action {
+            Action::RemoveOrgUser { user_id, .. } => {
+                self.remove_id(user_id);
+            }
+            Action::AddProjectRole { user_id, project_id, role, .. } => {
+                if let Some(user) = project_roles(self, user_id, project_id) {
+                    for a in user.roles.group_role_assignments.iter_mut() {
+                        if a.group_id.as_deref() == Some(project_id.as_str()) && !a.group_roles.contains(role) {
+                            a.group_roles.push(role.clone());
+                        }
+                    }
+                }
+            }
+            Action::RemoveProjectRole { user_id, project_id, role, .. } => {
+                if let Some(user) = project_roles(self, user_id, project_id) {
+                    for a in user.roles.group_role_assignments.iter_mut() {
+                        if a.group_id.as_deref() == Some(project_id.as_str()) {
+                            a.group_roles.retain(|r| r != role);
+                        }
+                    }
+                    user.roles.group_role_assignments.retain(|a| !a.group_roles.is_empty());
+                }
+            }
+            Action::RemoveProjectUser { user_id, project_id, .. } => {
+                if let Some(user) = project_roles(self, user_id, project_id) {
+                    user.roles.group_role_assignments.retain(|a| a.group_id.as_deref() != Some(project_id.as_str()));
+                }
+            }
+            _ => {}
         }
     }
 }

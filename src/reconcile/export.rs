@@ -169,6 +169,8 @@ fn org_user(
             team_ids,
             credentials_secret_ref: secret_ref(options),
             deletion_policy: Some(DeletionPolicy::Orphan),
+            adopted_deletion_policy: Default::default(),
+            unlisted_access: Default::default(),
             reinvite: ReinvitePolicy::default(),
         },
         status: None,

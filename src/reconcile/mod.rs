@@ -30,8 +30,13 @@ use serde::Serialize;
 
 pub use action::{Action, FailureMode, RemovalPurpose};
 pub use directory::{ObservedTeam, OrgUserDirectory, username_key};
-pub use org_user::{OrgUserInput, OrgUserPlan, org_user_status, plan_org_user};
-pub use outcome::{ActionError, ActionOutcome, ErrorClass, continue_after, failure_reason, waiting_may_fix};
+pub use org_user::{
+    OrgUserInput, OrgUserPlan, REINVITE_BACKOFF_BASE, REINVITE_BACKOFF_CAP, org_user_status, plan_org_user,
+    reinvite_backoff,
+};
+pub use outcome::{
+    ActionError, ActionOutcome, ErrorClass, continue_after, contradicts_observation, failure_reason, waiting_may_fix,
+};
 pub use team::{MemberDisposition, PlannedMember, TeamInput, TeamPlan, plan_team_membership, team_membership_status};
 
 use outcome::{Settled, settle};
@@ -54,6 +59,7 @@ pub mod reasons {
     pub const TEAM_NOT_FOUND: &str = "TeamNotFound";
     pub const MEMBERS_NOT_IN_ORG: &str = "MembersNotInOrg";
     pub const ORG_USER_REF_NOT_FOUND: &str = "OrgUserRefNotFound";
+    pub const UNKNOWN_MEMBERSHIP_STATUS: &str = "UnknownMembershipStatus";
 }
 
 /// One Kubernetes object claiming something in Atlas: who it is and when it was created.
@@ -120,6 +126,11 @@ pub enum Hold {
     TooManyMembers { listed: usize },
     /// The team named in the spec is not in the organization.
     TeamNotFound { team: String },
+    /// The person rejected the invitation; the next one goes out at `at` (capped backoff
+    /// after `reinvitations` re-sent for this generation) or at once on a spec change.
+    ReinviteBackoff { username: String, at: String, reinvitations: u32 },
+    /// Atlas reports an `orgMembershipStatus` this operator does not know: no call is made.
+    UnknownMembershipStatus { username: String },
 }
 
 impl Hold {
@@ -132,13 +143,16 @@ impl Hold {
             Hold::InvalidSpec { .. } => reasons::INVALID_SPEC,
             Hold::TooManyMembers { .. } => reasons::TOO_MANY_MEMBERS,
             Hold::TeamNotFound { .. } => reasons::TEAM_NOT_FOUND,
+            Hold::ReinviteBackoff { .. } => reasons::INVITATION_REJECTED,
+            Hold::UnknownMembershipStatus { .. } => reasons::UNKNOWN_MEMBERSHIP_STATUS,
         }
     }
 
     /// Whether only a change (of spec, annotation or Atlas) ends it: kstatus `Stalled`.
-    /// A pause is deliberate: it is stalled only while changes wait ([`paused_conditions`]).
+    /// A pause is deliberate: it is stalled only while changes wait ([`paused_conditions`]); a
+    /// re-invitation backoff ends by itself.
     pub fn is_stalled(&self) -> bool {
-        !matches!(self, Hold::Paused)
+        !matches!(self, Hold::Paused | Hold::ReinviteBackoff { .. })
     }
 }
 
@@ -201,6 +215,14 @@ impl fmt::Display for Hold {
                 crate::api::MAX_TEAM_MEMBERS
             ),
             Hold::TeamNotFound { team } => write!(f, "team {team} not found in the organization"),
+            Hold::ReinviteBackoff { username, at, reinvitations } => write!(
+                f,
+                "{username} rejected the invitation; it is sent again at {at} ({reinvitations} re-sent since the spec last changed; a spec change sends it at once)"
+            ),
+            Hold::UnknownMembershipStatus { username } => write!(
+                f,
+                "Atlas reports a membership status for {username} this operator does not know: nothing is changed until the operator is upgraded"
+            ),
         }
     }
 }

@@ -1,4 +1,10 @@
-//! AtlasOrgUser: invite, adopt, re-invite, converge roles and teams, delete.
+//! AtlasOrgUser: invite, adopt, re-invite, converge roles and teams, take away what the
+//! object granted once it leaves the spec, delete.
+//!
+//! Ownership is written ahead: the plan's [`OrgUserPlan::granted`] is what the object holds
+//! once its grants are sent (every project and team it is about to give the user); the
+//! executor persists it before the first call (the engine's `IntentRecorder`) and
+//! sends nothing when that write fails, so a restart never forgets a grant it made.
 
 use std::collections::BTreeSet;
 
@@ -8,15 +14,14 @@ use serde::Serialize;
 
 use super::action::{Action, FailureMode, RemovalPurpose};
 use super::directory::OrgUserDirectory;
-use super::outcome::{ActionOutcome, Settled, first_failure, settle};
+use super::outcome::{ActionOutcome, ErrorClass, Settled, first_failure, settle};
 use super::{Claim, Hold, Plan, paused_condition, reasons};
 use crate::api::conditions::{self, DesiredCondition};
 use crate::api::{
-    AtlasOrgUser, AtlasOrgUserSpec, AtlasOrgUserStatus, DeletionPolicy, ObservedProjectRoles, OrgRole, ReinvitePolicy,
+    AdoptedDeletionPolicy, AtlasOrgUser, AtlasOrgUserSpec, AtlasOrgUserStatus, DeletionEffect, DeletionPolicy,
+    GrantedAccess, ObservedProjectRoles, OrgRole, ProjectRole, ReinvitePolicy, UnlistedAccess,
 };
-use crate::atlas::models::{
-    GroupRoleAssignment, MembershipStatus, OrgUser, OrgUserRequest, OrgUserRoles, OrgUserUpdateRequest,
-};
+use crate::atlas::models::{GroupRoleAssignment, MembershipStatus, OrgUser, OrgUserRequest, OrgUserRoles};
 
 /// Everything the org-user planner looks at.
 #[derive(Clone, Debug)]
@@ -37,6 +42,10 @@ pub struct OrgUserInput<'a> {
     /// Other live objects claiming the same (orgId, username).
     pub rivals: &'a [Claim],
     pub now: Timestamp,
+    /// `observed` comes from a listing made for this very reconcile (after a write met an
+    /// answer contradicting the cached one), not from the shared, possibly older, listing.
+    /// Only then does a 404 make the object `Stalled`.
+    pub observed_fresh: bool,
 }
 
 impl<'a> OrgUserInput<'a> {
@@ -58,6 +67,7 @@ impl<'a> OrgUserInput<'a> {
             observed: directory.get(&object.spec.username),
             rivals,
             now,
+            observed_fresh: false,
         }
     }
 
@@ -75,6 +85,44 @@ pub struct OrgUserPlan {
     /// `status.adopted` as this plan decides it (None: not decided yet).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub adopted: Option<bool>,
+    /// What the object holds once this plan's grants are sent: the previous record plus every
+    /// project and team the plan gives the user. Written before the first call.
+    pub granted: GrantedAccess,
+    /// `granted` differs from the record in the status: the executor must persist it before
+    /// any call (and make none if that fails).
+    pub record_first: bool,
+    /// What deleting the object would do in Atlas now.
+    pub on_deletion: DeletionEffect,
+    /// `status.reinvitations` once this plan's invitation (if any) is sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reinvitations: Option<u32>,
+}
+
+impl OrgUserPlan {
+    /// What deleting the object would do, in a sentence (the `plan` output).
+    pub fn on_deletion_text(&self) -> &'static str {
+        match self.on_deletion {
+            DeletionEffect::RemoveUser => "RemoveUser (deletionPolicy Delete: this object invited the user)",
+            DeletionEffect::CancelInvitation => {
+                "CancelInvitation (deletionPolicy Delete: the pending invitation is cancelled)"
+            }
+            DeletionEffect::LeaveInAtlas => {
+                "LeaveInAtlas (Orphan, an adopted user kept by adoptedDeletionPolicy Orphan, or nobody to remove)"
+            }
+        }
+    }
+}
+
+/// The first wait after a rejected invitation before it is sent again (generation unchanged).
+pub const REINVITE_BACKOFF_BASE: std::time::Duration = std::time::Duration::from_secs(3600);
+/// The longest wait between re-invitations after rejections.
+pub const REINVITE_BACKOFF_CAP: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// How long after the rejected invitation was sent the next one may go, when `sent` rejected
+/// invitations were already re-sent for this generation: 1 h, 4 h, 16 h, 64 h, then 7 days.
+pub fn reinvite_backoff(sent: u32) -> std::time::Duration {
+    let factor = 4u64.saturating_pow(sent.min(8));
+    REINVITE_BACKOFF_BASE.saturating_mul(factor.min(u32::MAX as u64) as u32).min(REINVITE_BACKOFF_CAP)
 }
 
 /// Spec org roles as Atlas names them, in spec order, without duplicates.
@@ -111,6 +159,29 @@ fn observed_project_roles<'u>(user: &'u OrgUser, project_id: &str) -> BTreeSet<&
         .collect()
 }
 
+/// Projects in which Atlas reports the user with at least one role.
+fn observed_projects(user: &OrgUser) -> BTreeSet<&str> {
+    user.roles
+        .group_role_assignments
+        .iter()
+        .filter(|a| !a.group_roles.is_empty())
+        .filter_map(|a| a.group_id.as_deref())
+        .collect()
+}
+
+/// Role values Atlas reports that this operator does not know (a role Atlas added later):
+/// never removed, reported instead.
+fn unknown_roles(user: &OrgUser) -> Vec<String> {
+    let mut unknown: Vec<String> =
+        user.roles.org_roles.iter().filter(|r| r.parse::<OrgRole>().is_err()).cloned().collect();
+    for a in &user.roles.group_role_assignments {
+        for role in a.group_roles.iter().filter(|r| r.parse::<ProjectRole>().is_err()) {
+            unknown.push(format!("{role} (project {})", a.group_id.as_deref().unwrap_or("?")));
+        }
+    }
+    unknown
+}
+
 fn parse_time(s: Option<&str>) -> Option<Timestamp> {
     s.and_then(|s| s.parse().ok())
 }
@@ -144,13 +215,88 @@ fn own_invitation(input: &OrgUserInput, user: &OrgUser) -> bool {
         && matches!((input.claim.created, invited), (Some(created), Some(invited)) if invited >= created)
 }
 
+fn previous_granted(input: &OrgUserInput) -> GrantedAccess {
+    input.previous.map(|s| s.granted.clone()).unwrap_or_default()
+}
+
+/// The record once an invitation carrying every listed project and team is sent.
+fn granted_by_invitation(input: &OrgUserInput) -> GrantedAccess {
+    let mut granted = previous_granted(input);
+    for a in desired_assignments(input.spec) {
+        let project_id = a.group_id.clone().unwrap_or_default();
+        record_project(&mut granted, &project_id, &a.group_roles);
+    }
+    for team_id in desired_team_ids(input.spec) {
+        record_team(&mut granted, &team_id);
+    }
+    granted
+}
+
+fn record_project(granted: &mut GrantedAccess, project_id: &str, roles: &[String]) {
+    let mut roles = roles.to_vec();
+    roles.sort();
+    match granted.projects.iter_mut().find(|p| p.project_id == project_id) {
+        Some(p) => p.roles = roles,
+        None => granted.projects.push(ObservedProjectRoles { project_id: project_id.to_string(), roles }),
+    }
+    granted.projects.sort_by(|a, b| a.project_id.cmp(&b.project_id));
+}
+
+fn record_team(granted: &mut GrantedAccess, team_id: &str) {
+    if !granted.has_team(team_id) {
+        granted.team_ids.push(team_id.to_string());
+        granted.team_ids.sort();
+    }
+}
+
+/// Whether `record` holds a project (or project role) or team that `previous` does not: only
+/// then must it be written before the calls (taking away needs no record first).
+fn adds_to(record: &GrantedAccess, previous: &GrantedAccess) -> bool {
+    let project_added = record.projects.iter().any(|p| {
+        previous
+            .projects
+            .iter()
+            .find(|q| q.project_id == p.project_id)
+            .is_none_or(|q| p.roles.iter().any(|r| !q.roles.contains(r)))
+    });
+    project_added || record.team_ids.iter().any(|t| !previous.has_team(t))
+}
+
+/// What deleting the object does, given the adoption decision and what Atlas reports.
+fn deletion_effect(spec: &AtlasOrgUserSpec, adopted: Option<bool>, user: Option<&OrgUser>) -> DeletionEffect {
+    let keeps_adopted = adopted != Some(false) && spec.adopted_deletion_policy == AdoptedDeletionPolicy::Orphan;
+    match user {
+        _ if spec.deletion_policy == Some(DeletionPolicy::Orphan) => DeletionEffect::LeaveInAtlas,
+        Some(u) if u.org_membership_status.is_in_org() && keeps_adopted => DeletionEffect::LeaveInAtlas,
+        Some(u) if u.org_membership_status == MembershipStatus::Active => DeletionEffect::RemoveUser,
+        Some(u) if u.org_membership_status == MembershipStatus::Pending => DeletionEffect::CancelInvitation,
+        _ => DeletionEffect::LeaveInAtlas,
+    }
+}
+
 /// Plan one AtlasOrgUser.
 pub fn plan_org_user(input: &OrgUserInput) -> OrgUserPlan {
     let spec = input.spec;
     let previous_adopted = input.previous.and_then(|s| s.adopted);
-    let held = |hold| OrgUserPlan {
-        plan: Plan::held(FailureMode::Sequential, input.deleting, hold),
-        adopted: previous_adopted,
+    let previous_reinvitations = input.previous.and_then(|s| s.reinvitations);
+    let finish = |plan: Plan, adopted: Option<bool>, granted: GrantedAccess, reinvitations: Option<u32>| {
+        let record_first = !plan.actions.is_empty() && adds_to(&granted, &previous_granted(input));
+        OrgUserPlan {
+            on_deletion: deletion_effect(spec, adopted, input.observed),
+            plan,
+            adopted,
+            granted,
+            record_first,
+            reinvitations,
+        }
+    };
+    let held = |hold| {
+        finish(
+            Plan::held(FailureMode::Sequential, input.deleting, hold),
+            previous_adopted,
+            previous_granted(input),
+            previous_reinvitations,
+        )
     };
     let owner = input.claim.owner(input.rivals);
     if *owner != input.claim {
@@ -161,7 +307,7 @@ pub fn plan_org_user(input: &OrgUserInput) -> OrgUserPlan {
                 "{} manages this Atlas user; deleting this object leaves it alone",
                 owner.seen_from(&input.claim)
             ));
-            return OrgUserPlan { plan, adopted: previous_adopted };
+            return finish(plan, previous_adopted, previous_granted(input), previous_reinvitations);
         }
         return held(Hold::Conflict { owner: owner.seen_from(&input.claim) });
     }
@@ -169,7 +315,8 @@ pub fn plan_org_user(input: &OrgUserInput) -> OrgUserPlan {
         return held(Hold::Paused);
     }
     if input.deleting {
-        return OrgUserPlan { plan: plan_deletion(input), adopted: previous_adopted };
+        let adopted = previous_adopted.or_else(|| input.observed.map(|u| !own_invitation(input, u)));
+        return finish(plan_deletion(input, adopted), adopted, previous_granted(input), previous_reinvitations);
     }
     if spec.org_roles.is_empty() {
         return held(Hold::InvalidSpec { message: "orgRoles is empty: a user needs at least one org role".into() });
@@ -178,12 +325,13 @@ pub fn plan_org_user(input: &OrgUserInput) -> OrgUserPlan {
     let mut plan = Plan::new(FailureMode::Sequential, false);
     let Some(user) = input.observed else {
         plan.actions.push(invite(spec, None));
-        return OrgUserPlan { plan, adopted: Some(previous_adopted.unwrap_or(false)) };
+        return finish(plan, Some(previous_adopted.unwrap_or(false)), granted_by_invitation(input), None);
     };
     // A PENDING invitation past its expiry is an expired one that Atlas has not flipped yet.
     let lapsed = lapsed_pending(user, input.now);
     let effective = if lapsed { MembershipStatus::InvitationExpired } else { user.org_membership_status };
     match effective {
+        MembershipStatus::Unknown => held(Hold::UnknownMembershipStatus { username: user.username.clone() }),
         MembershipStatus::InvitationExpired => {
             if spec.reinvite == ReinvitePolicy::Never {
                 return held(Hold::InvitationExpired {
@@ -202,14 +350,33 @@ pub fn plan_org_user(input: &OrgUserInput) -> OrgUserPlan {
                 });
             }
             plan.actions.push(invite(spec, Some(MembershipStatus::InvitationExpired)));
-            OrgUserPlan { plan, adopted: Some(previous_adopted.unwrap_or(false)) }
+            finish(plan, Some(previous_adopted.unwrap_or(false)), granted_by_invitation(input), previous_reinvitations)
         }
         MembershipStatus::InvitationRejected => {
             if spec.reinvite != ReinvitePolicy::OnExpiryOrRejection {
                 return held(Hold::InvitationRejected { username: spec.username.clone() });
             }
+            // After a rejection: at once when the spec changed since the rejected invitation,
+            // otherwise after a capped backoff from when that invitation was sent.
+            let invited_generation = input.previous.and_then(|s| s.invited_generation);
+            let spec_changed = matches!((invited_generation, input.generation), (Some(sent), Some(now)) if sent != now);
+            let sent = previous_reinvitations.unwrap_or(0);
+            let reinvitations = if spec_changed { 0 } else { sent + 1 };
+            if !spec_changed && let Some(invited) = parse_time(user.invitation_created_at.as_deref()) {
+                let wait = reinvite_backoff(sent);
+                let due = invited
+                    .checked_add(jiff::SignedDuration::try_from(wait).unwrap_or(jiff::SignedDuration::MAX))
+                    .unwrap_or(Timestamp::MAX);
+                if input.now < due {
+                    return held(Hold::ReinviteBackoff {
+                        username: spec.username.clone(),
+                        at: due.to_string(),
+                        reinvitations: sent,
+                    });
+                }
+            }
             plan.actions.push(invite(spec, Some(MembershipStatus::InvitationRejected)));
-            OrgUserPlan { plan, adopted: Some(previous_adopted.unwrap_or(false)) }
+            finish(plan, Some(previous_adopted.unwrap_or(false)), granted_by_invitation(input), Some(reinvitations))
         }
         MembershipStatus::Pending | MembershipStatus::Active => {
             let adopted = previous_adopted.unwrap_or_else(|| !own_invitation(input, user));
@@ -221,17 +388,35 @@ pub fn plan_org_user(input: &OrgUserInput) -> OrgUserPlan {
                     spec.org_id
                 ));
             }
-            converge(spec, user, &mut plan.actions);
-            OrgUserPlan { plan, adopted: Some(adopted) }
+            let unknown = unknown_roles(user);
+            if !unknown.is_empty() {
+                plan.notes.push(format!(
+                    "Atlas reports roles this operator does not know, left as they are: {}",
+                    unknown.join(", ")
+                ));
+            }
+            let mut granted = previous_granted(input);
+            converge(input, user, &mut plan, &mut granted);
+            let reinvitations =
+                if user.org_membership_status == MembershipStatus::Active { None } else { previous_reinvitations };
+            finish(plan, Some(adopted), granted, reinvitations)
         }
     }
 }
 
-/// Roles and teams of a user who is in the org: org roles one at a time (additions before
-/// removals, ORG_OWNER removed last, so the user never has zero roles and an org keeps an
-/// owner as long as possible), then one PATCH for project roles, then one `:addUser` per
-/// missing team.
-fn converge(spec: &AtlasOrgUserSpec, user: &OrgUser, actions: &mut Vec<Action>) {
+/// Roles and teams of a user who is in the org, all atomic calls:
+/// 1. org roles one at a time (additions before removals, ORG_OWNER removed last, so the user
+///    never has zero roles and an org keeps an owner as long as possible);
+/// 2. per listed project, `:addRole` then `:removeRole` (the user keeps a role there);
+/// 3. projects this object granted that left the spec (all unlisted ones with
+///    `unlistedAccess: Remove`) lose the user (`removeGroupUser`);
+/// 4. `:addUser` per missing team, then `:removeUser` for teams taken away the same way.
+///
+/// Role values this operator does not know are never removed. `granted` gets every project
+/// and team the plan gives the user, and loses those that are gone already.
+fn converge(input: &OrgUserInput, user: &OrgUser, plan: &mut Plan, granted: &mut GrantedAccess) {
+    let spec = input.spec;
+    let actions = &mut plan.actions;
     let ids = |role: &str| (spec.org_id.clone(), user.id.clone(), user.username.clone(), role.to_string());
     let desired = desired_org_roles(spec);
     let observed = &user.roles.org_roles;
@@ -239,61 +424,92 @@ fn converge(spec: &AtlasOrgUserSpec, user: &OrgUser, actions: &mut Vec<Action>) 
         let (org_id, user_id, username, role) = ids(role);
         actions.push(Action::AddOrgRole { org_id, user_id, username, role });
     }
-    let mut removals: Vec<&String> = observed.iter().filter(|r| !desired.contains(r)).collect();
+    let mut removals: Vec<&String> =
+        observed.iter().filter(|r| !desired.contains(r) && r.parse::<OrgRole>().is_ok()).collect();
     removals.sort_by_key(|r| r.as_str() == OrgRole::OrgOwner.as_str());
     for role in removals {
         let (org_id, user_id, username, role) = ids(role);
         actions.push(Action::RemoveOrgRole { org_id, user_id, username, role });
     }
 
+    let project_call = |project_id: &str, role: &str| {
+        (spec.org_id.clone(), project_id.to_string(), user.id.clone(), user.username.clone(), role.to_string())
+    };
     let wanted = desired_assignments(spec);
-    let changed_projects: Vec<String> = wanted
-        .iter()
-        .filter(|a| {
-            let project = a.group_id.as_deref().unwrap_or_default();
-            observed_project_roles(user, project) != a.group_roles.iter().map(String::as_str).collect()
-        })
-        .filter_map(|a| a.group_id.clone())
-        .collect();
-    if !changed_projects.is_empty() {
-        // PATCH replaces the whole roles object and OrgUserRolesRequest requires orgRoles: send
-        // the org roles the user holds once the calls above are done, and keep every project
-        // the spec does not name exactly as Atlas reports it.
-        let listed: BTreeSet<&str> = wanted.iter().filter_map(|a| a.group_id.as_deref()).collect();
-        let mut assignments: Vec<GroupRoleAssignment> = user
-            .roles
-            .group_role_assignments
-            .iter()
-            .filter(|a| !a.group_id.as_deref().is_some_and(|g| listed.contains(g)))
-            .cloned()
-            .collect();
-        assignments.extend(wanted);
-        actions.push(Action::UpdateOrgUser {
-            org_id: spec.org_id.clone(),
-            user_id: user.id.clone(),
-            username: user.username.clone(),
-            request: OrgUserUpdateRequest {
-                roles: Some(OrgUserRoles { org_roles: desired, group_role_assignments: assignments }),
-                team_ids: None,
-            },
-            changed_projects,
-        });
+    let listed: BTreeSet<&str> = wanted.iter().filter_map(|a| a.group_id.as_deref()).collect();
+    for a in &wanted {
+        let project = a.group_id.as_deref().unwrap_or_default();
+        let have = observed_project_roles(user, project);
+        let want: BTreeSet<&str> = a.group_roles.iter().map(String::as_str).collect();
+        // A project the user is not in yet is one this object gives them.
+        if have.is_empty() || granted.has_project(project) {
+            record_project(granted, project, &a.group_roles);
+        }
+        for role in want.iter().filter(|r| !have.contains(*r)) {
+            let (org_id, project_id, user_id, username, role) = project_call(project, role);
+            actions.push(Action::AddProjectRole { org_id, project_id, user_id, username, role });
+        }
+        for role in have.iter().filter(|r| !want.contains(*r) && r.parse::<ProjectRole>().is_ok()) {
+            let (org_id, project_id, user_id, username, role) = project_call(project, role);
+            actions.push(Action::RemoveProjectRole { org_id, project_id, user_id, username, role });
+        }
+    }
+    let in_projects = observed_projects(user);
+    let mut revoked_projects: Vec<String> =
+        granted.projects.iter().map(|p| p.project_id.clone()).filter(|p| !listed.contains(p.as_str())).collect();
+    if spec.unlisted_access == UnlistedAccess::Remove {
+        revoked_projects.extend(in_projects.iter().filter(|p| !listed.contains(**p)).map(|p| p.to_string()));
+    }
+    revoked_projects.sort();
+    revoked_projects.dedup();
+    for project_id in revoked_projects {
+        if in_projects.contains(project_id.as_str()) {
+            actions.push(Action::RemoveProjectUser {
+                org_id: spec.org_id.clone(),
+                project_id,
+                user_id: user.id.clone(),
+                username: user.username.clone(),
+            });
+        } else {
+            // Already gone (someone else took it away): nothing left to take.
+            granted.projects.retain(|p| p.project_id != project_id);
+        }
     }
 
     // `:addUser` per team rather than PATCH teamIds: a PATCH sends the whole list, so one
     // computed from a stale read could put the user back into a team an Exclusive
     // AtlasTeamMembership (or a person) just removed them from; `:addUser` touches one team.
-    for team_id in desired_team_ids(spec).into_iter().filter(|t| !user.team_ids.contains(t)) {
+    let teams = desired_team_ids(spec);
+    for team_id in teams.iter().filter(|t| !user.team_ids.contains(t)) {
+        record_team(granted, team_id);
         actions.push(Action::AddTeamUser {
             org_id: spec.org_id.clone(),
-            team_id,
+            team_id: team_id.clone(),
             user_id: user.id.clone(),
             username: user.username.clone(),
         });
     }
+    let mut revoked_teams: Vec<String> = granted.team_ids.iter().filter(|t| !teams.contains(t)).cloned().collect();
+    if spec.unlisted_access == UnlistedAccess::Remove {
+        revoked_teams.extend(user.team_ids.iter().filter(|t| !teams.contains(t)).cloned());
+    }
+    revoked_teams.sort();
+    revoked_teams.dedup();
+    for team_id in revoked_teams {
+        if user.team_ids.contains(&team_id) {
+            actions.push(Action::RemoveTeamUser {
+                org_id: spec.org_id.clone(),
+                team_id,
+                user_id: user.id.clone(),
+                username: user.username.clone(),
+            });
+        } else {
+            granted.team_ids.retain(|t| *t != team_id);
+        }
+    }
 }
 
-fn plan_deletion(input: &OrgUserInput) -> Plan {
+fn plan_deletion(input: &OrgUserInput, adopted: Option<bool>) -> Plan {
     let spec = input.spec;
     let mut plan = Plan::new(FailureMode::Sequential, true);
     if spec.deletion_policy == Some(DeletionPolicy::Orphan) {
@@ -305,6 +521,19 @@ fn plan_deletion(input: &OrgUserInput) -> Plan {
         return plan;
     }
     match input.observed {
+        Some(user) if user.org_membership_status == MembershipStatus::Unknown => {
+            plan.hold = Some(Hold::UnknownMembershipStatus { username: user.username.clone() });
+        }
+        Some(user)
+            if user.org_membership_status.is_in_org()
+                && adopted != Some(false)
+                && spec.adopted_deletion_policy == AdoptedDeletionPolicy::Orphan =>
+        {
+            plan.notes.push(format!(
+                "{} was in org {} before this object (adopted): left in Atlas; set adoptedDeletionPolicy: Delete to remove them",
+                user.username, spec.org_id
+            ));
+        }
         Some(user) if user.org_membership_status.is_in_org() => plan.actions.push(Action::RemoveOrgUser {
             org_id: spec.org_id.clone(),
             user_id: user.id.clone(),
@@ -317,9 +546,52 @@ fn plan_deletion(input: &OrgUserInput) -> Plan {
     plan
 }
 
+/// The record after executing `plan`: what the plan recorded, less what was taken away, and
+/// less the new grants none of whose calls went through (the user never got them).
+fn final_granted(input: &OrgUserInput, plan: &OrgUserPlan, outcomes: &[ActionOutcome]) -> GrantedAccess {
+    let previous = previous_granted(input);
+    let mut granted = plan.granted.clone();
+    let done = |i: usize, a: &Action| settle(a, outcomes.get(i)) == Settled::Done;
+    let actions = &plan.plan.actions;
+    for (i, action) in actions.iter().enumerate() {
+        match action {
+            Action::RemoveProjectUser { project_id, .. } if done(i, action) => {
+                granted.projects.retain(|p| p.project_id != *project_id)
+            }
+            Action::RemoveTeamUser { team_id, .. } if done(i, action) => granted.team_ids.retain(|t| t != team_id),
+            _ => {}
+        }
+    }
+    let project_sent = |project: &str| {
+        actions.iter().enumerate().any(|(i, a)| {
+            done(i, a)
+                && match a {
+                    Action::AddProjectRole { project_id, .. } => project_id == project,
+                    Action::CreateOrgUser { request, .. } => {
+                        request.roles.group_role_assignments.iter().any(|g| g.group_id.as_deref() == Some(project))
+                    }
+                    _ => false,
+                }
+        })
+    };
+    let team_sent = |team: &str| {
+        actions.iter().enumerate().any(|(i, a)| {
+            done(i, a)
+                && match a {
+                    Action::AddTeamUser { team_id, .. } => team_id == team,
+                    Action::CreateOrgUser { request, .. } => request.team_ids.iter().any(|t| t == team),
+                    _ => false,
+                }
+        })
+    };
+    granted.projects.retain(|p| previous.has_project(&p.project_id) || project_sent(&p.project_id));
+    granted.team_ids.retain(|t| previous.has_team(t) || team_sent(t));
+    granted
+}
+
 /// The status after executing `plan`: what Atlas reports now (`fresh`: the directory's
-/// record after [`OrgUserDirectory::apply`] of every outcome), the adoption decision, and
-/// conditions merged with the previous ones.
+/// record after [`OrgUserDirectory::apply`] of every outcome), the adoption decision, what
+/// the object granted, and conditions merged with the previous ones.
 pub fn org_user_status(
     input: &OrgUserInput,
     plan: &OrgUserPlan,
@@ -329,12 +601,27 @@ pub fn org_user_status(
     let spec = input.spec;
     let already_in_org =
         plan.plan.actions.iter().enumerate().any(|(i, a)| settle(a, outcomes.get(i)) == Settled::AlreadyInOrg);
+    let invited = plan
+        .plan
+        .actions
+        .iter()
+        .enumerate()
+        .any(|(i, a)| matches!(a, Action::CreateOrgUser { .. }) && settle(a, outcomes.get(i)) == Settled::Done);
+    let previous = input.previous;
+    let adopted = if already_in_org { previous.and_then(|s| s.adopted) } else { plan.adopted };
     let mut status = AtlasOrgUserStatus {
         // A 409 on the invitation means the user was there first: leave adoption undecided.
-        adopted: if already_in_org { input.previous.and_then(|s| s.adopted) } else { plan.adopted },
+        adopted,
+        granted: final_granted(input, plan, outcomes),
+        on_deletion: Some(deletion_effect(spec, adopted, fresh)),
+        reinvitations: if invited { plan.reinvitations } else { previous.and_then(|s| s.reinvitations) },
+        invited_generation: if invited { input.generation } else { previous.and_then(|s| s.invited_generation) },
         observed_generation: input.generation,
         ..Default::default()
     };
+    if fresh.is_some_and(|u| u.org_membership_status == MembershipStatus::Active) {
+        status.reinvitations = None;
+    }
     if let Some(user) = fresh {
         status.user_id = Some(user.id.clone());
         status.membership_status = Some(user.org_membership_status.as_str().to_string());
@@ -370,7 +657,11 @@ pub fn org_user_status(
     let conflict = matches!(plan.plan.hold, Some(Hold::Conflict { .. }));
     if let Some((action, error)) = first_failure(&plan.plan.actions, outcomes) {
         let message = format!("{action}: {error}");
-        if error.waiting_may_fix() {
+        if error.class == ErrorClass::NotFound && !input.observed_fresh {
+            // The answer contradicts the (possibly old) listing: the executor lists again
+            // and plans from a fresh read before anything may call this Stalled.
+            ready_and_kstatus(&mut desired, false, error.reason(), format!("{message}; re-reading the organization"));
+        } else if error.waiting_may_fix() {
             ready_and_kstatus(&mut desired, false, error.reason(), message);
         } else {
             stalled(&mut desired, error.reason(), message);
@@ -381,6 +672,7 @@ pub fn org_user_status(
                 let unpaused = OrgUserInput { paused: false, ..input.with_observed(fresh) };
                 (plan_org_user(&unpaused).plan, false)
             }),
+            hold if !hold.is_stalled() => ready_and_kstatus(&mut desired, false, hold.reason(), hold.to_string()),
             _ => stalled(&mut desired, hold.reason(), hold.to_string()),
         }
     } else if already_in_org {
@@ -399,6 +691,9 @@ pub fn org_user_status(
     } else {
         let remaining = plan_org_user(&input.with_observed(fresh));
         match (&remaining.plan.hold, remaining.plan.actions.first()) {
+            (Some(hold), _) if !hold.is_stalled() => {
+                ready_and_kstatus(&mut desired, false, hold.reason(), hold.to_string())
+            }
             (Some(hold), _) => stalled(&mut desired, hold.reason(), hold.to_string()),
             (None, Some(next)) => ready_and_kstatus(
                 &mut desired,
@@ -407,11 +702,19 @@ pub fn org_user_status(
                 format!("{} change(s) to go, next: {next}", remaining.plan.actions.len()),
             ),
             (None, None) => {
-                let message = match fresh.map(|u| u.org_membership_status) {
+                let mut message = match fresh.map(|u| u.org_membership_status) {
                     Some(MembershipStatus::Pending) => "Atlas matches the spec; the invitation awaits acceptance",
                     _ => "Atlas matches the spec",
-                };
-                ready_and_kstatus(&mut desired, true, reasons::SYNCED, message.to_string());
+                }
+                .to_string();
+                let unknown = fresh.map(unknown_roles).unwrap_or_default();
+                if !unknown.is_empty() {
+                    message.push_str(&format!(
+                        "; Atlas reports roles this operator does not know, left as they are: {}",
+                        unknown.join(", ")
+                    ));
+                }
+                ready_and_kstatus(&mut desired, true, reasons::SYNCED, message);
             }
         }
     }
@@ -442,6 +745,11 @@ fn invitation_accepted(spec: &AtlasOrgUserSpec, user: Option<&OrgUser>) -> Desir
             MembershipStatus::InvitationRejected => {
                 (false, reasons::INVITATION_REJECTED, format!("{} rejected the invitation", u.username))
             }
+            MembershipStatus::Unknown => (
+                false,
+                reasons::UNKNOWN_MEMBERSHIP_STATUS,
+                format!("Atlas reports a membership status for {} this operator does not know", u.username),
+            ),
         },
     };
     DesiredCondition::new(conditions::INVITATION_ACCEPTED, status, reason, message)

@@ -140,13 +140,22 @@ pub(crate) fn settle<'a>(action: &Action, outcome: Option<&'a ActionOutcome>) ->
         Some(ActionOutcome::Failed(e)) => match action {
             Action::CreateOrgUser { .. } if e.class == ErrorClass::Conflict => Settled::AlreadyInOrg,
             // Removing what is already gone reached its goal.
-            Action::RemoveOrgUser { .. } if e.class == ErrorClass::NotFound => Settled::Done,
+            Action::RemoveOrgUser { .. } | Action::RemoveProjectUser { .. } if e.class == ErrorClass::NotFound => {
+                Settled::Done
+            }
             // The client settles a refused removal by reading the user again; a 404 (user or
             // team gone) also leaves the user out of the team.
             Action::RemoveTeamUser { .. } if e.class == ErrorClass::NotFound => Settled::Done,
             _ => Settled::Failed(e),
         },
     }
+}
+
+/// Whether an answer contradicted the observation the plan was made from (a 404: the user,
+/// project user or team is not where the listing said), so the organization must be listed
+/// again and the object planned from that fresh read.
+pub fn contradicts_observation(outcomes: &[ActionOutcome]) -> bool {
+    outcomes.iter().filter_map(ActionOutcome::error).any(|e| e.class == ErrorClass::NotFound)
 }
 
 /// Whether an executor should go on with the next action after `error`.

@@ -38,6 +38,7 @@ pub(crate) struct ConnInfo {
 /// Largest request body the simulator reads.
 const MAX_BODY: usize = 4 << 20;
 const API_PREFIX: &str = "/api/atlas/v2/orgs/";
+const GROUPS_PREFIX: &str = "/api/atlas/v2/groups/";
 pub(crate) const TOKEN_PATH: &str = "/api/oauth/token";
 
 /// A resource version of an operation, with its sunset date when the spec gives one.
@@ -74,6 +75,9 @@ pub(crate) enum Op {
     RemoveOrgTeamUserFromTeam,
     AddOrgTeamUser,
     RemoveOrgTeamUser,
+    RemoveGroupUser,
+    AddGroupUserRole,
+    RemoveGroupUserRole,
 }
 
 impl Op {
@@ -97,20 +101,27 @@ impl Op {
             Self::RemoveOrgTeamUserFromTeam => "removeOrgTeamUserFromTeam",
             Self::AddOrgTeamUser => "addOrgTeamUser",
             Self::RemoveOrgTeamUser => "removeOrgTeamUser",
+            Self::RemoveGroupUser => "removeGroupUser",
+            Self::AddGroupUserRole => "addGroupUserRole",
+            Self::RemoveGroupUserRole => "removeGroupUserRole",
         }
     }
 
     /// The versions the spec gives this operation, newest first.
     fn versions(self) -> &'static [Version] {
         match self {
-            Self::ListOrgUsers | Self::RemoveOrgUser | Self::ListOrgTeamUsers => &[V2025, V2023_SUNSET],
+            Self::ListOrgUsers | Self::RemoveOrgUser | Self::ListOrgTeamUsers | Self::RemoveGroupUser => {
+                &[V2025, V2023_SUNSET]
+            }
             Self::CreateOrgUser
             | Self::GetOrgUser
             | Self::UpdateOrgUser
             | Self::AddOrgUserRole
             | Self::RemoveOrgUserRole
             | Self::AddOrgTeamUser
-            | Self::RemoveOrgTeamUser => &[V2025],
+            | Self::RemoveOrgTeamUser
+            | Self::AddGroupUserRole
+            | Self::RemoveGroupUserRole => &[V2025],
             Self::UpdateOrgUserRoles | Self::AddOrgTeamUsers | Self::RemoveOrgTeamUserFromTeam => &[V2023_SUNSET],
             Self::GetOrg | Self::ListOrgTeams | Self::CreateOrgTeam | Self::GetOrgTeam | Self::GetOrgTeamByName => {
                 &[V2023]
@@ -135,6 +146,7 @@ impl Op {
             | Self::RemoveOrgTeamUserFromTeam
             | Self::AddOrgTeamUser
             | Self::RemoveOrgTeamUser => "teams-write",
+            Self::RemoveGroupUser | Self::AddGroupUserRole | Self::RemoveGroupUserRole => "group-users-write",
         }
     }
 
@@ -150,6 +162,8 @@ impl Op {
                 | Self::AddOrgTeamUsers
                 | Self::AddOrgTeamUser
                 | Self::RemoveOrgTeamUser
+                | Self::AddGroupUserRole
+                | Self::RemoveGroupUserRole
         )
     }
 }
@@ -162,6 +176,8 @@ struct Route {
     user_id: Option<String>,
     team_id: Option<String>,
     team_name: Option<String>,
+    /// For the project-user paths; their organization is the user's (see `run_api`).
+    group_id: Option<String>,
 }
 
 fn decode(segment: &str) -> String {
@@ -173,11 +189,45 @@ fn decode(segment: &str) -> String {
 fn route(method: &Method, path: &str) -> Result<Route, ApiFailure> {
     let not_found =
         || ApiFailure::new(StatusCode::NOT_FOUND, codes::RESOURCE_NOT_FOUND, format!("Cannot find resource {path}."));
+    let m = method.clone();
+    let method_not_allowed = || {
+        ApiFailure::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "METHOD_NOT_ALLOWED",
+            format!("Method {method} is not allowed on {path}."),
+        )
+    };
+    if let Some(rest) = path.strip_prefix(GROUPS_PREFIX) {
+        let segments: Vec<String> = rest.trim_end_matches('/').split('/').map(decode).collect();
+        let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
+        let [group, "users", user] = seg.as_slice() else { return Err(not_found()) };
+        let (id, action) = split_action(user);
+        let op = match action {
+            None => pick(&m, &[(Method::DELETE, Op::RemoveGroupUser)]),
+            Some("addRole") => pick(&m, &[(Method::POST, Op::AddGroupUserRole)]),
+            Some("removeRole") => pick(&m, &[(Method::POST, Op::RemoveGroupUserRole)]),
+            Some(_) => return Err(not_found()),
+        };
+        return Ok(Route {
+            op: op.ok_or_else(method_not_allowed)?,
+            org_id: String::new(),
+            user_id: Some(id.to_string()),
+            team_id: None,
+            team_name: None,
+            group_id: Some(group.to_string()),
+        });
+    }
     let rest = path.strip_prefix(API_PREFIX).ok_or_else(not_found)?;
     let segments: Vec<String> = rest.trim_end_matches('/').split('/').map(decode).collect();
     let seg: Vec<&str> = segments.iter().map(String::as_str).collect();
-    let mut r = Route { op: Op::GetOrg, org_id: seg[0].to_string(), user_id: None, team_id: None, team_name: None };
-    let m = method.clone();
+    let mut r = Route {
+        op: Op::GetOrg,
+        org_id: seg[0].to_string(),
+        user_id: None,
+        team_id: None,
+        team_name: None,
+        group_id: None,
+    };
     let op = match seg.as_slice() {
         [_] => pick(&m, &[(Method::GET, Op::GetOrg)]),
         [_, "users"] => pick(&m, &[(Method::GET, Op::ListOrgUsers), (Method::POST, Op::CreateOrgUser)]),
@@ -228,13 +278,7 @@ fn route(method: &Method, path: &str) -> Result<Route, ApiFailure> {
         }
         _ => return Err(not_found()),
     };
-    r.op = op.ok_or_else(|| {
-        ApiFailure::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "METHOD_NOT_ALLOWED",
-            format!("Method {method} is not allowed on {path}."),
-        )
-    })?;
+    r.op = op.ok_or_else(method_not_allowed)?;
     Ok(r)
 }
 
@@ -437,6 +481,17 @@ fn org_role_request(body: &Value) -> Result<AddOrRemoveOrgRole, ApiFailure> {
     Ok(AddOrRemoveOrgRole { org_role: role.to_string() })
 }
 
+/// `AddOrRemoveGroupRole`: `groupRole` is a required string; the spec gives it no enum, so
+/// any non-empty name is taken.
+fn group_role_request(body: &Value) -> Result<String, ApiFailure> {
+    let obj = as_object(body, "requestBody")?;
+    let role = required_str(obj, "groupRole", "groupRole")?;
+    if role.trim().is_empty() {
+        return Err(ApiFailure::invalid("groupRole", "must not be empty"));
+    }
+    Ok(role.to_string())
+}
+
 fn user_id_body(body: &Value, path: &str) -> Result<String, ApiFailure> {
     let obj = as_object(body, path)?;
     let id_path = if path == "requestBody" { "id".to_string() } else { format!("{path}.id") };
@@ -564,6 +619,24 @@ fn org_user_json(user: &OrgUser) -> Value {
     let mut value = serde_json::to_value(user).unwrap_or(Value::Null);
     if user.org_membership_status == MembershipStatus::InvitationRejected {
         value["invitationExpiresAt"] = Value::Null;
+    }
+    value
+}
+
+/// `GroupUserResponse`: the `OrgUserResponse` fields of its branch, with `roles` the user's
+/// roles in this one project (and no `teamIds`).
+fn group_user_json(user: &OrgUser, group_id: &str) -> Value {
+    let mut value = org_user_json(user);
+    let roles: Vec<&String> = user
+        .roles
+        .group_role_assignments
+        .iter()
+        .filter(|a| a.group_id.as_deref() == Some(group_id))
+        .flat_map(|a| a.group_roles.iter())
+        .collect();
+    if let Some(obj) = value.as_object_mut() {
+        obj.remove("teamIds");
+        obj.insert("roles".into(), json!(roles));
     }
     value
 }
@@ -818,6 +891,26 @@ fn dispatch(shared: &Shared, call: Call<'_>) -> Result<Reply, ApiFailure> {
             shared.store.lock().team_remove_user(org_id, team_id, user_id, now)?;
             Ok(Reply { status: StatusCode::NO_CONTENT, body: None })
         }
+        Op::RemoveGroupUser => {
+            let group_id = route.group_id.as_deref().unwrap_or("");
+            check_id("groupId", group_id)?;
+            check_id("userId", user_id)?;
+            shared.store.lock().group_remove_user(org_id, group_id, user_id, legacy, now)?;
+            Ok(Reply { status: StatusCode::NO_CONTENT, body: None })
+        }
+        Op::AddGroupUserRole | Op::RemoveGroupUserRole => {
+            let group_id = route.group_id.as_deref().unwrap_or("");
+            check_id("groupId", group_id)?;
+            check_id("userId", user_id)?;
+            let role = group_role_request(&body)?;
+            let mut store = shared.store.lock();
+            let user = if route.op == Op::AddGroupUserRole {
+                store.group_add_role(org_id, group_id, user_id, &role, now)?
+            } else {
+                store.group_remove_role(org_id, group_id, user_id, &role, now)?
+            };
+            Ok(Reply::ok(group_user_json(&user.view(now), group_id)))
+        }
     }
 }
 
@@ -865,7 +958,7 @@ fn rate_limited(set: &str, spec: BucketSpec, retry_after: u64, code: &'static st
 }
 
 async fn run_api(shared: &Shared, parts: &RequestParts, body: &Bytes, trace: &mut Trace) -> Outcome {
-    let route = match route(&parts.method, &parts.path) {
+    let mut route = match route(&parts.method, &parts.path) {
         Ok(route) => route,
         Err(e) => {
             trace.operation_id = "unknown";
@@ -888,6 +981,20 @@ async fn run_api(shared: &Shared, parts: &RequestParts, body: &Bytes, trace: &mu
                 shared.observe.lock().counters.digest_challenges += 1;
             }
             return failure(trace, e);
+        }
+    }
+    if route.group_id.is_some() {
+        // A project-user path: the organization is the user's; an unknown user is a 404.
+        let user_id = route.user_id.clone().unwrap_or_default();
+        let group_id = route.group_id.clone().unwrap_or_default();
+        if let Err(e) = check_id("groupId", &group_id).and_then(|()| check_id("userId", &user_id)) {
+            return failure(trace, e);
+        }
+        match shared.store.lock().org_of_user(&user_id) {
+            Some(org_id) => route.org_id = org_id,
+            None => {
+                return failure(trace, ApiFailure::not_found("user", &user_id));
+            }
         }
     }
 

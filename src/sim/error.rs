@@ -43,6 +43,9 @@ pub(crate) mod codes {
     pub const CANNOT_REMOVE_LAST_ORG_OWNER: &str = "CANNOT_REMOVE_LAST_ORG_OWNER";
     /// Not in the spec: our choice for README "Roles" ("a user keeps at least one role").
     pub const CANNOT_REMOVE_LAST_ORG_ROLE: &str = "CANNOT_REMOVE_LAST_ORG_ROLE";
+    /// Not in the spec: our choice for README "Operations" (`removeGroupUserRole`: "a user keeps
+    /// at least one role in the project"). The client re-reads after any refusal.
+    pub const CANNOT_REMOVE_LAST_GROUP_ROLE: &str = "CANNOT_REMOVE_LAST_GROUP_ROLE";
     /// Not in the spec: our choice for README "Teams" ("at most 250 users a team").
     pub const TEAM_USER_LIMIT_EXCEEDED: &str = "TEAM_USER_LIMIT_EXCEEDED";
     /// Not in the spec: our choice for `:removeUser` of a non-member. The client re-reads the

@@ -13,7 +13,8 @@ use super::clock::atlas_time;
 use super::error::ApiFailure;
 use super::error::codes;
 use crate::atlas::models::{
-    INVITATION_LIFETIME_DAYS, MembershipStatus, OrgUser, OrgUserRequest, OrgUserRoles, OrgUserUpdateRequest,
+    GroupRoleAssignment, INVITATION_LIFETIME_DAYS, MembershipStatus, OrgUser, OrgUserRequest, OrgUserRoles,
+    OrgUserUpdateRequest,
 };
 
 /// The organization roles Atlas knows (`OrgUserRolesRequest.orgRoles` enum).
@@ -359,6 +360,8 @@ impl Store {
                 user.invitation_expires_at = Some(now);
             }
             MembershipStatus::InvitationRejected => user.invitation_expires_at = None,
+            // The simulator serves the spec's four statuses only.
+            MembershipStatus::Unknown => {}
         }
         org.insert_user(user);
         Ok(id)
@@ -505,6 +508,97 @@ impl Store {
         }
         org.check_keeps_an_owner(&user, false, now)?;
         org.delete_user(user_id);
+        Ok(())
+    }
+
+    /// The organization a user id belongs to (user ids are unique across the simulator).
+    /// The project-user paths name no organization: the simulator does not model projects
+    /// themselves, so any well-formed `groupId` is a project of the user's organization (as
+    /// createOrgUser's `groupRoleAssignments` already accept any).
+    pub fn org_of_user(&self, user_id: &str) -> Option<String> {
+        self.orgs().find(|o| o.user(user_id).is_some()).map(|o| o.id.clone())
+    }
+
+    /// `addGroupUserRole` (`:addRole`): one project role. "You can add a role to an active
+    /// user or a user that has been invited" (spec, addGroupUserRole): PENDING and ACTIVE
+    /// users only, others are 404. Adding a role the user holds changes nothing.
+    pub fn group_add_role(
+        &mut self,
+        org_id: &str,
+        group_id: &str,
+        user_id: &str,
+        role: &str,
+        now: Timestamp,
+    ) -> Result<UserRec, ApiFailure> {
+        let user = self.member_mut(org_id, user_id, now)?;
+        let assignments = &mut user.roles.group_role_assignments;
+        match assignments.iter_mut().find(|a| a.group_id.as_deref() == Some(group_id)) {
+            Some(a) if a.group_roles.iter().any(|r| r == role) => {}
+            Some(a) => a.group_roles.push(role.to_string()),
+            None => assignments.push(GroupRoleAssignment {
+                group_id: Some(group_id.to_string()),
+                group_roles: vec![role.to_string()],
+            }),
+        }
+        Ok(user.clone())
+    }
+
+    /// `removeGroupUserRole` (`:removeRole`): "A user must have at least one role at all
+    /// times" (spec, removeGroupUserRole; ../shared/atlas-api/README.md): taking the only role
+    /// is refused (400). A user without roles in the project is not a project user: 404.
+    /// Removing a role the user does not hold changes nothing.
+    pub fn group_remove_role(
+        &mut self,
+        org_id: &str,
+        group_id: &str,
+        user_id: &str,
+        role: &str,
+        now: Timestamp,
+    ) -> Result<UserRec, ApiFailure> {
+        let user = self.member_mut(org_id, user_id, now)?;
+        let username = user.username.clone();
+        let assignment = user
+            .roles
+            .group_role_assignments
+            .iter_mut()
+            .find(|a| a.group_id.as_deref() == Some(group_id) && !a.group_roles.is_empty())
+            .ok_or_else(|| ApiFailure::not_found("project user", user_id))?;
+        if assignment.group_roles.iter().any(|r| r == role) {
+            if assignment.group_roles.len() <= 1 {
+                return Err(ApiFailure::new(
+                    StatusCode::BAD_REQUEST,
+                    codes::CANNOT_REMOVE_LAST_GROUP_ROLE,
+                    format!(
+                        "Cannot remove the only role {role} of {username} in project {group_id}; add another role first or remove the user from the project."
+                    ),
+                ));
+            }
+            assignment.group_roles.retain(|r| r != role);
+        }
+        Ok(user.clone())
+    }
+
+    /// `removeGroupUser`: "You can remove an active user or a user that has not yet accepted
+    /// the invitation" (spec, removeGroupUser, 2025-02-19; the 2023-01-01 version removes
+    /// active users only). The user stays in the organization. Not a project user: 404.
+    pub fn group_remove_user(
+        &mut self,
+        org_id: &str,
+        group_id: &str,
+        user_id: &str,
+        active_only: bool,
+        now: Timestamp,
+    ) -> Result<(), ApiFailure> {
+        let user = self.member_mut(org_id, user_id, now)?;
+        if active_only && user.status(now) != MembershipStatus::Active {
+            return Err(ApiFailure::not_found("user", user_id));
+        }
+        let assignments = &mut user.roles.group_role_assignments;
+        let before = assignments.len();
+        assignments.retain(|a| a.group_id.as_deref() != Some(group_id) || a.group_roles.is_empty());
+        if assignments.len() == before {
+            return Err(ApiFailure::not_found("project user", user_id));
+        }
         Ok(())
     }
 
