@@ -14,7 +14,9 @@ use atlas_access_operator::atlas::models::MembershipStatus;
 use atlas_access_operator::atlas::{AtlasClient, ClientConfig, Credentials, OrgRateLimiter, RetryPolicy};
 use atlas_access_operator::engine::OrgUserIndex;
 use atlas_access_operator::engine::driver::{ObjectSet, run_pass};
-use atlas_access_operator::engine::{Mode, events, execute, reconcile_org_user, reconcile_team_membership};
+use atlas_access_operator::engine::{
+    InMemory, Mode, TeamSurroundings, events, execute, reconcile_org_user, reconcile_team_membership,
+};
 use atlas_access_operator::reconcile::{ActionOutcome, ErrorClass, OrgUserDirectory, OrgUserInput, plan_org_user};
 use atlas_access_operator::sim::{FaultConfig, FaultSpec, SimConfig, SimHandle, SimState, Simulator};
 use jiff::Timestamp;
@@ -244,8 +246,11 @@ async fn team_membership_adds_members_and_reads_the_team_once() {
     );
     let now = Timestamp::now();
     reconcile_org_user(&client, &index, &alice, &[], Mode::Apply, now).await.unwrap();
-    let refs = BTreeMap::from([("alice".to_string(), "alice@example.com".to_string())]);
-    let report = reconcile_team_membership(&client, &index, &team, &refs, Mode::Apply, now).await.unwrap();
+    let around = TeamSurroundings {
+        org_user_refs: BTreeMap::from([("alice".to_string(), "alice@example.com".to_string())]),
+        writers: vec![],
+    };
+    let report = reconcile_team_membership(&client, &index, &team, &around, Mode::Apply, now, &InMemory).await.unwrap();
     assert_eq!(report.events.iter().filter(|e| e.reason == events::MEMBER_ADDED).count(), 2, "{:?}", report.events);
     let status = &report.status;
     assert_eq!(status.team_id.as_deref(), Some(team_id.as_str()));
@@ -256,7 +261,7 @@ async fn team_membership_adds_members_and_reads_the_team_once() {
     // Again: the team is remembered, so one member listing and no lookup.
     state.reset_counters();
     let team = AtlasTeamMembership { status: Some(report.status.clone()), ..team };
-    let report = reconcile_team_membership(&client, &index, &team, &refs, Mode::Apply, now).await.unwrap();
+    let report = reconcile_team_membership(&client, &index, &team, &around, Mode::Apply, now, &InMemory).await.unwrap();
     assert!(report.plan.plan.actions.is_empty());
     let counters = state.counters();
     assert_eq!(counters.total("listOrgTeamUsers"), 1);
@@ -308,9 +313,45 @@ fn engine_futures_are_send() {
     let org = "5f1b2c3d4e5f60718293a4b5";
     let user = org_user("alice", org, "alice@example.com", &[OrgRole::OrgMember]);
     let team = team_membership("t", org, TeamRef { id: None, name: Some("t".into()) }, vec![]);
-    let refs = BTreeMap::new();
+    let around = TeamSurroundings::default();
     let now = Timestamp::now();
     assert_send(&reconcile_org_user(&client, &index, &user, &[], Mode::Apply, now));
-    assert_send(&reconcile_team_membership(&client, &index, &team, &refs, Mode::Apply, now));
+    assert_send(&reconcile_team_membership(&client, &index, &team, &around, Mode::Apply, now, &InMemory));
     assert_send(&index.directory(&client, org));
+}
+
+/// At Atlas's limit of 250 users a team, a swap (one out, one in) succeeds in one pass: the
+/// removal has finished before the addition starts, even when `:removeUser` is slow.
+#[tokio::test]
+async fn a_swap_at_250_members_removes_before_it_adds() {
+    let (sim, state) = start();
+    let org = state.add_org("acme");
+    let team_id = state.add_team(&org, "full");
+    let usernames: Vec<String> = (0..251).map(|i| format!("m{i:03}@example.com")).collect();
+    for (i, username) in usernames.iter().enumerate() {
+        let id = state.add_user(&org, username, MembershipStatus::Active, &["ORG_MEMBER"]);
+        if i < 250 {
+            assert!(state.add_team_member(&org, &team_id, &id));
+        }
+    }
+    // m000 out, m250 in.
+    let mut team = team_membership(
+        "full",
+        &org,
+        TeamRef { id: Some(team_id.clone()), name: None },
+        usernames[1..].iter().map(|u| by_name(u)).collect(),
+    );
+    team.spec.mode = MembershipMode::Exclusive;
+    state.set_faults(FaultConfig::for_operation("removeOrgTeamUser", FaultSpec::latency(Duration::from_millis(300))));
+    let client = client(&sim, RetryPolicy::default());
+    let index = OrgUserIndex::new(Duration::from_secs(60));
+    let around = TeamSurroundings::default();
+    let report = reconcile_team_membership(&client, &index, &team, &around, Mode::Apply, Timestamp::now(), &InMemory)
+        .await
+        .unwrap();
+    assert_eq!(report.plan.plan.actions.len(), 2, "{}", report.plan.plan);
+    assert!(report.outcomes.iter().all(|o| matches!(o, ActionOutcome::Done(_))), "{:?}", report.outcomes);
+    assert!(is_true(&report.status.conditions, conditions::READY), "{:?}", report.status.conditions);
+    let members = state.team_member_ids(&org, &team_id);
+    assert_eq!(members.len(), 250);
 }

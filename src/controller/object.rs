@@ -15,9 +15,25 @@ use super::status::{ConditionedStatus, apply_status, failed_status};
 use super::{Context, Error, failure_message, incomplete, instrumented};
 use crate::api::conditions::{HasConditions, READY, find};
 use crate::api::{DeletionPolicy, FINALIZER};
-use crate::atlas::{AtlasClient, AtlasError};
-use crate::engine::{self, Report};
+use crate::atlas::AtlasClient;
+use crate::engine::{self, EngineError, Report};
 use crate::metrics::KindLabels;
+
+/// The controller's write-ahead: the record goes into the object's status (server-side
+/// apply, the same field manager as every status write) before the engine sends a call.
+pub(super) struct StatusIntent<'a, K: Managed> {
+    pub api: Api<K>,
+    pub object: &'a K,
+}
+
+impl<K: Managed> engine::PersistIntent<K::Status> for StatusIntent<'_, K> {
+    async fn persist_intent(&self, intent: &K::Status) -> Result<(), engine::IntentError> {
+        apply_status(&self.api, &self.object.name_any(), self.object.current_status(), intent)
+            .await
+            .map(|_| ())
+            .map_err(|e| engine::IntentError(e.to_string()))
+    }
+}
 
 /// A kind the controller reconciles.
 pub(super) trait Managed:
@@ -39,12 +55,13 @@ pub(super) trait Managed:
     fn deletion_policy(&self) -> DeletionPolicy;
     /// What an orphaning deletion leaves in Atlas, for the event.
     fn left_in_atlas(&self) -> String;
-    /// Observe, plan, execute (or clean up, for an object being deleted).
+    /// Observe, plan, persist the write-ahead record, execute (or clean up, for an object
+    /// being deleted).
     fn run_engine(
         &self,
         client: &AtlasClient,
         ctx: &Context,
-    ) -> impl Future<Output = Result<Report<Self::Plan, Self::Status>, AtlasError>> + Send;
+    ) -> impl Future<Output = Result<Report<Self::Plan, Self::Status>, EngineError>> + Send;
 }
 
 pub(super) async fn reconcile<K: Managed>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -92,7 +109,9 @@ async fn converge<K: Managed>(api: &Api<K>, obj: Arc<K>, ctx: &Context, deleting
     };
     let report = match obj.run_engine(&client, ctx).await {
         Ok(r) => r,
-        Err(e) => {
+        // The status could not be written, so writing a failure status would not work either.
+        Err(EngineError::Intent(e)) => return Err(e.into()),
+        Err(EngineError::Atlas(e)) => {
             let failure = engine::action_error(&e);
             write_failure(api, obj.as_ref(), ctx, failure.reason(), &e.to_string(), !failure.waiting_may_fix()).await;
             return Err(e.into());

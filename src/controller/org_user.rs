@@ -6,8 +6,8 @@ use kube::ResourceExt;
 use super::Context;
 use super::object::Managed;
 use crate::api::{AtlasOrgUser, AtlasOrgUserStatus, DeletionPolicy};
-use crate::atlas::{AtlasClient, AtlasError};
-use crate::engine::{self, Mode, Report};
+use crate::atlas::AtlasClient;
+use crate::engine::{self, EngineError, Mode, Report};
 use crate::reconcile::OrgUserPlan;
 use crate::reconcile::{Claim, username_key};
 
@@ -48,8 +48,8 @@ impl Managed for AtlasOrgUser {
         &self,
         client: &AtlasClient,
         ctx: &Context,
-    ) -> Result<Report<Self::Plan, Self::Status>, AtlasError> {
+    ) -> Result<Report<Self::Plan, Self::Status>, EngineError> {
         let rivals = rivals(self, ctx);
-        engine::reconcile_org_user(client, &ctx.index, self, &rivals, Mode::Apply, Timestamp::now()).await
+        Ok(engine::reconcile_org_user(client, &ctx.index, self, &rivals, Mode::Apply, Timestamp::now()).await?)
     }
 }

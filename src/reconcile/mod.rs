@@ -29,7 +29,10 @@ pub use action::{Action, FailureMode, RemovalPurpose};
 pub use directory::{ObservedTeam, OrgUserDirectory, username_key};
 pub use org_user::{OrgUserInput, OrgUserPlan, org_user_status, plan_org_user};
 pub use outcome::{ActionError, ActionOutcome, ErrorClass, continue_after, failure_reason, waiting_may_fix};
-pub use team::{MemberDisposition, PlannedMember, TeamInput, TeamPlan, plan_team_membership, team_membership_status};
+pub use team::{
+    MemberDisposition, PlannedMember, TeamInput, TeamPlan, TeamWriter, WriterKind, plan_team_membership, team_intent,
+    team_membership_status,
+};
 
 use outcome::{Settled, settle};
 
@@ -51,6 +54,7 @@ pub mod reasons {
     pub const TEAM_NOT_FOUND: &str = "TeamNotFound";
     pub const MEMBERS_NOT_IN_ORG: &str = "MembersNotInOrg";
     pub const ORG_USER_REF_NOT_FOUND: &str = "OrgUserRefNotFound";
+    pub const TEAM_CHANGED: &str = "TeamChanged";
 }
 
 /// One Kubernetes object claiming something in Atlas: who it is and when it was created.
@@ -111,6 +115,10 @@ pub enum Hold {
     TooManyMembers { listed: usize },
     /// The team named in the spec is not in the organization.
     TeamNotFound { team: String },
+    /// The spec names another team than the one the object is pinned to (`status.teamId`).
+    TeamChanged { pinned: String, named: String },
+    /// An older Exclusive AtlasTeamMembership owns the team.
+    TeamConflict { owner: String },
 }
 
 impl Hold {
@@ -123,6 +131,8 @@ impl Hold {
             Hold::InvalidSpec { .. } => reasons::INVALID_SPEC,
             Hold::TooManyMembers { .. } => reasons::TOO_MANY_MEMBERS,
             Hold::TeamNotFound { .. } => reasons::TEAM_NOT_FOUND,
+            Hold::TeamChanged { .. } => reasons::TEAM_CHANGED,
+            Hold::TeamConflict { .. } => reasons::CONFLICT,
         }
     }
 
@@ -159,6 +169,17 @@ impl fmt::Display for Hold {
                 crate::api::MAX_TEAM_MEMBERS
             ),
             Hold::TeamNotFound { team } => write!(f, "team {team} not found in the organization"),
+            Hold::TeamChanged { pinned, named } => write!(
+                f,
+                "spec.team now names team {named}, but this object manages team {pinned} (status.teamId) and never \
+                 moves: nothing was changed; to manage another team create a new AtlasTeamMembership (deleting this \
+                 one removes the members it added)"
+            ),
+            Hold::TeamConflict { owner } => write!(
+                f,
+                "{owner} (older, Exclusive) already declares the members of this team; this Exclusive object makes no \
+                 call: make it Additive, or delete one of the two"
+            ),
         }
     }
 }
