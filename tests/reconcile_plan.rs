@@ -1641,10 +1641,11 @@ fn case_3_one_writer_per_team() {
     let input = TeamInput { writers: &writers, ..team_input(&exclusive, &nothing, Some(&team), &directory, &refs) };
     let plan = plan_team_membership(&input);
     assert_eq!(plan.plan.hold, None);
-    // alice is wanted by the younger writer: kept, counted as listed; the stranger goes.
+    // The younger one is held and wants nothing: alice and the stranger go.
     assert_eq!(
         shown(&plan.plan),
         vec![
+            "remove alice@example.com (ALICE) from team T1 in org ORG",
             "remove stranger@example.com (STRANGER) from team T1 in org ORG",
             "add bob@example.com (BOB) to team T1 in org ORG"
         ]

@@ -8,9 +8,10 @@
 //! showed them outside the team ([`TeamInput::direct_reads`]).
 //!
 //! One writer per team: [`TeamWriter`]s are the other objects writing the same team. The
-//! oldest `Exclusive` object owns the team; a younger one is held (`Conflict`). Nobody removes
-//! a user another writer of the team wants (an `AtlasOrgUser` naming the team in `teamIds`,
-//! or another AtlasTeamMembership listing them): Exclusive counts them as listed.
+//! oldest `Exclusive` object owns the team; a younger one is held (`Conflict`) and wants
+//! nothing. Nobody removes a user another writer of the team wants (an `AtlasOrgUser` naming
+//! the team in `teamIds`, or an Additive AtlasTeamMembership listing them): Exclusive counts
+//! them as listed.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -295,8 +296,12 @@ pub fn plan_team_membership(input: &TeamInput) -> TeamPlan {
     }
     // Exclusive declares the whole team, unless an older Exclusive object owns it.
     let exclusive = spec.mode == MembershipMode::Exclusive && !conflicted;
-    let wanted_elsewhere: BTreeMap<String, &TeamWriter> =
-        others.iter().flat_map(|w| w.usernames.iter().map(move |u| (username_key(u), *w))).collect();
+    // Users other writers want stay. A younger Exclusive object is held, so it wants nothing.
+    let wanted_elsewhere: BTreeMap<String, &TeamWriter> = others
+        .iter()
+        .filter(|w| w.kind != WriterKind::Exclusive)
+        .flat_map(|w| w.usernames.iter().map(move |u| (username_key(u), *w)))
+        .collect();
     let mut kept = Vec::new();
     let mut removable = |name: &str| match wanted_elsewhere.get(&username_key(name)) {
         Some(w) => {
