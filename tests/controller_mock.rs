@@ -700,3 +700,37 @@ async fn a_refused_write_ahead_record_sends_nothing() {
     assert!(sim.state().team_member_ids(ORG, TEAM_ID).is_empty());
     assert_eq!(sim.state().counters().total("addOrgTeamUser"), 0);
 }
+
+/// An AtlasOrgUser's change reaches the team memberships that list it by `orgUserRef` (same
+/// namespace) or by username (same org, any case), and those of a team its `teamIds` name;
+/// not those of another organization.
+#[test]
+fn an_org_user_change_triggers_the_teams_that_list_it_by_username_too() {
+    use atlas_access_operator::controller::teams_affected_by_org_user;
+    let team = |name: &str, org: &str, members: Value, status: Value| -> AtlasTeamMembership {
+        serde_json::from_value(json!({
+            "apiVersion": "atlas-access.dev/v1alpha1", "kind": "AtlasTeamMembership",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"orgId": org, "team": {"name": "devs"}, "members": members},
+            "status": status,
+        }))
+        .unwrap()
+    };
+    const OTHER_ORG: &str = "5f1b2c3d4e5f60718293a4ff";
+    let teams = [
+        team("by-username", ORG, json!([{"username": "Alice@Example.COM"}]), json!({})),
+        team("by-ref", ORG, json!([{"orgUserRef": {"name": "alice"}}]), json!({})),
+        team("other-org", OTHER_ORG, json!([{"username": "alice@example.com"}]), json!({})),
+        team("by-team-id", ORG, json!([]), json!({"teamId": "6b1b2c3d4e5f60718293a4b5"})),
+        team("unrelated", ORG, json!([{"username": "bob@example.com"}]), json!({})),
+    ];
+    let (store, mut writer) = reflector::store();
+    for t in &teams {
+        writer.apply_watcher_event(&watcher::Event::Apply(t.clone()));
+    }
+    let mut user = alice("Delete");
+    user.spec.team_ids = vec!["6b1b2c3d4e5f60718293a4b5".into()];
+    let mut names: Vec<String> = teams_affected_by_org_user(&store, &user).into_iter().map(|r| r.name).collect();
+    names.sort();
+    assert_eq!(names, ["by-ref", "by-team-id", "by-username"]);
+}
