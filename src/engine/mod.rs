@@ -54,20 +54,21 @@ impl TeamSurroundings {
         teams: impl IntoIterator<Item = &'a AtlasTeamMembership>,
         org_users: impl IntoIterator<Item = &'a AtlasOrgUser> + Clone,
     ) -> Self {
-        let refs_in = |namespace: &Option<String>| -> BTreeMap<String, String> {
-            org_users
-                .clone()
-                .into_iter()
-                .filter(|u| u.metadata.namespace == *namespace)
-                .map(|u| (u.metadata.name.clone().unwrap_or_default(), u.spec.username.clone()))
-                .collect()
-        };
+        // AtlasOrgUser name -> username, per namespace: one scan of the org users.
+        let mut refs: std::collections::HashMap<Option<String>, BTreeMap<String, String>> = Default::default();
+        for u in org_users.clone() {
+            refs.entry(u.metadata.namespace.clone())
+                .or_default()
+                .insert(u.metadata.name.clone().unwrap_or_default(), u.spec.username.clone());
+        }
+        let no_refs = BTreeMap::new();
+        let refs_in = |namespace: &Option<String>| refs.get(namespace).unwrap_or(&no_refs);
         let org_id = &object.spec.org_id;
         let me = Claim::of(&object.metadata);
         let mut writers: Vec<TeamWriter> = teams
             .into_iter()
             .filter(|t| t.spec.org_id == *org_id && Claim::of(&t.metadata) != me)
-            .map(|t| TeamWriter::of_team_membership(t, &refs_in(&t.metadata.namespace)))
+            .map(|t| TeamWriter::of_team_membership(t, refs_in(&t.metadata.namespace)))
             .collect();
         writers.extend(
             org_users
@@ -76,7 +77,7 @@ impl TeamSurroundings {
                 .filter(|u| u.spec.org_id == *org_id && u.metadata.deletion_timestamp.is_none())
                 .flat_map(TeamWriter::of_org_user),
         );
-        Self { org_user_refs: refs_in(&object.metadata.namespace), writers }
+        Self { org_user_refs: refs_in(&object.metadata.namespace).clone(), writers }
     }
 }
 
