@@ -1670,6 +1670,17 @@ fn case_3_one_writer_per_team() {
     );
     assert!(plan.plan.notes.iter().any(|n| n.contains("team-a/stranger")), "{:?}", plan.plan.notes);
 
+    // Writers from objects: the spec's team and members; one being deleted wants nobody.
+    let mut object = atlas_access_operator::api::AtlasTeamMembership::new(
+        "going",
+        team_spec(MembershipMode::Additive, vec![by_name("stranger@example.com"), by_ref("bob")]),
+    );
+    let w = TeamWriter::of_team_membership(&object, &refs);
+    assert_eq!((w.kind, w.team_id.as_deref()), (WriterKind::Additive, Some(T1)));
+    assert_eq!(w.usernames, ["stranger@example.com", "Bob@Example.com"]);
+    object.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now()));
+    assert!(TeamWriter::of_team_membership(&object, &refs).usernames.is_empty());
+
     // Two Additive objects: this one added alice and no longer lists her, the other lists her:
     // she stays, and stays recorded (removed once nobody else wants her).
     let additive = team_spec(MembershipMode::Additive, vec![]);

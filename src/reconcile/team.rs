@@ -95,9 +95,12 @@ impl TeamWriter {
             },
             team_name: if pinned.is_none() && spec.team.id.is_none() { spec.team.name.clone() } else { None },
             team_id: pinned.or_else(|| spec.team.id.clone()),
+            // An object being deleted still owns (an older Exclusive one holds the younger
+            // until it is gone) but wants nobody any more.
             usernames: spec
                 .members
                 .iter()
+                .filter(|_| object.metadata.deletion_timestamp.is_none())
                 .filter_map(|m| {
                     m.username
                         .clone()
