@@ -1,7 +1,8 @@
 //! The IO edge shared by the one-shot CLI and the controller: observe Atlas (through the
 //! per-org [`OrgUserIndex`] and the team member listing), plan with [`crate::reconcile`],
-//! execute the plan through the [`AtlasClient`], and build the status from what Atlas
-//! answered. Kubernetes is not touched here: callers write the status, events and finalizers.
+//! have the caller persist the write-ahead record ([`PersistIntent`]), execute the plan
+//! through the [`AtlasClient`], and build the status from what Atlas answered. Kubernetes is
+//! not touched here: callers write the status, events and finalizers.
 
 pub mod driver;
 pub mod index;

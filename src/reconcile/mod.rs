@@ -6,10 +6,12 @@
 //! 1. observe: build an [`OrgUserDirectory`] (every user of the org, all statuses) and, for a
 //!    team, an [`ObservedTeam`];
 //! 2. plan: [`plan_org_user`] / [`plan_team_membership`];
-//! 3. execute `plan.actions` in order through the client, recording one [`ActionOutcome`] per
+//! 3. for a team, persist [`team_intent`] (the write-ahead record of the users about to be
+//!    added; the engine's `PersistIntent` hook) before any call; if that fails, send nothing;
+//! 4. execute `plan.actions` in order through the client, recording one [`ActionOutcome`] per
 //!    action, stopping when [`Plan::continue_after`] says so (the rest are `Skipped`), and
 //!    feeding each outcome to [`OrgUserDirectory::apply`] / [`ObservedTeam::apply`];
-//! 4. status: [`org_user_status`] / [`team_membership_status`] from the plan, the outcomes and
+//! 5. status: [`org_user_status`] / [`team_membership_status`] from the plan, the outcomes and
 //!    the updated observation; conditions keep `lastTransitionTime` unless they flip.
 
 mod action;
