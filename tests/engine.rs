@@ -355,3 +355,35 @@ async fn a_swap_at_250_members_removes_before_it_adds() {
     let members = state.team_member_ids(&org, &team_id);
     assert_eq!(members.len(), 250);
 }
+
+/// The team is resolved once by name and pinned by id: renamed, it is still the one managed;
+/// a new team taking the old name is never touched.
+#[tokio::test]
+async fn a_renamed_team_keeps_being_managed_and_a_new_team_of_the_old_name_is_left_alone() {
+    let (sim, state) = start();
+    let org = state.add_org("acme");
+    let team_id = state.add_team(&org, "devs");
+    state.add_user(&org, "alice@example.com", MembershipStatus::Active, &["ORG_MEMBER"]);
+    state.add_user(&org, "bob@example.com", MembershipStatus::Active, &["ORG_MEMBER"]);
+    let client = client(&sim, RetryPolicy::default());
+    let index = OrgUserIndex::new(Duration::from_secs(60));
+    let around = TeamSurroundings::default();
+    let now = Timestamp::now();
+    let mut team = team_membership(
+        "devs",
+        &org,
+        TeamRef { id: None, name: Some("devs".into()) },
+        vec![by_name("alice@example.com")],
+    );
+    let report = reconcile_team_membership(&client, &index, &team, &around, Mode::Apply, now, &InMemory).await.unwrap();
+    assert_eq!(report.status.team_id.as_deref(), Some(team_id.as_str()));
+    team.status = Some(report.status);
+
+    assert!(state.rename_team(&org, &team_id, "developers"));
+    let impostor = state.add_team(&org, "devs");
+    team.spec.members.push(by_name("bob@example.com"));
+    let report = reconcile_team_membership(&client, &index, &team, &around, Mode::Apply, now, &InMemory).await.unwrap();
+    assert_eq!(report.status.team_id.as_deref(), Some(team_id.as_str()));
+    assert_eq!(state.team_member_ids(&org, &team_id).len(), 2, "bob joined the pinned team");
+    assert!(state.team_member_ids(&org, &impostor).is_empty(), "the new team of the old name is left alone");
+}
