@@ -274,8 +274,15 @@ pub fn plan_team_membership(input: &TeamInput) -> TeamPlan {
             plan.notes.push("the team is not in Atlas: nothing to remove".into());
             return TeamPlan { plan, members };
         }
-        let team = pinned.map(str::to_string).or_else(|| spec.team.id.clone()).or_else(|| spec.team.name.clone());
-        return held(Hold::TeamNotFound { team: team.unwrap_or_default() }, members);
+        // A pinned team that is gone is not looked up by name again: a new team of that name
+        // is another team.
+        let team = match pinned {
+            Some(id) => {
+                format!("{id} (status.teamId: this object manages only it; for another team create a new object)")
+            }
+            None => spec.team.id.clone().or_else(|| spec.team.name.clone()).unwrap_or_default(),
+        };
+        return held(Hold::TeamNotFound { team }, members);
     };
     // The object stays on the team it first resolved: a spec naming another one (admission
     // refuses the change; `plan -f` may not) is held, never re-pointed.
