@@ -532,6 +532,12 @@ async fn a_team_membership_adds_its_member_and_removes_it_on_deletion() {
     let run = tokio::spawn(reconcile_team_membership(Arc::new(team.clone()), ctx.clone()));
 
     answer_secret(api.next().await);
+    // Write-ahead: the record naming bob (and the pinned team) is written before :addUser.
+    let call = api.next().await;
+    assert!(sim.state().team_member_ids(ORG, TEAM_ID).is_empty(), "no call before the record is written");
+    let intent: AtlasTeamMembershipStatus = answer_status_apply(call, &team);
+    assert_eq!(intent.team_id.as_deref(), Some(TEAM_ID));
+    assert_eq!(intent.added_members.iter().map(|a| a.user_id.as_str()).collect::<Vec<_>>(), vec![bob_id.as_str()]);
     let (type_, reason, note) = answer_event(api.next().await, &team);
     assert_eq!((type_.as_str(), reason.as_str()), ("Normal", "MemberAdded"));
     assert!(note.contains("bob@example.com") && note.contains("observability"), "{note}");
@@ -709,4 +715,79 @@ async fn the_ownership_record_is_applied_before_the_grant_and_a_refusal_sends_no
     api.assert_done().await;
     assert_eq!(status.granted.team_ids, [TEAM]);
     assert_eq!(sim.state().team_member_ids(ORG, TEAM).len(), 1);
+}
+
+/// A write-ahead record the API server refuses: nothing is sent to Atlas, and the reconcile
+/// is retried with backoff.
+#[tokio::test]
+async fn a_refused_write_ahead_record_sends_nothing() {
+    const TEAM_ID: &str = "6b1b2c3d4e5f60718293a4b5";
+    let sim = start_sim();
+    sim.state().add_team_with_id(ORG, TEAM_ID, "observability");
+    sim.state().add_user(ORG, "bob@example.com", MembershipStatus::Active, &["ORG_MEMBER"]);
+    let team: AtlasTeamMembership = serde_json::from_value(json!({
+        "apiVersion": "atlas-access.dev/v1alpha1",
+        "kind": "AtlasTeamMembership",
+        "metadata": {
+            "name": "observability", "namespace": NS, "uid": "0b5a3c1e-0000-4000-8000-0000000007eb",
+            "generation": 1, "resourceVersion": "2001", "creationTimestamp": "2026-01-05T10:00:00Z",
+            "finalizers": [FINALIZER],
+        },
+        "spec": {
+            "orgId": ORG, "team": {"id": TEAM_ID}, "members": [{"username": "bob@example.com"}],
+            "credentialsSecretRef": {"name": SECRET},
+        },
+    }))
+    .unwrap();
+    let (ctx, mut api) = context(&sim, store_of(&[]));
+    let run = tokio::spawn(reconcile_team_membership(Arc::new(team.clone()), ctx.clone()));
+    answer_secret(api.next().await);
+    let call = api.next().await;
+    call.expect(
+        Method::PATCH,
+        &format!("{}/status", object_path(&team)),
+        &[("fieldManager", FIELD_MANAGER), ("force", "true")],
+    );
+    call.respond(500, &status_failure(500, "InternalError", "etcdserver: request timed out"));
+    let error = api.finish(run).await.expect_err("the reconcile fails");
+    assert_eq!(error.retry(), Retry::Backoff, "{error}");
+    assert!(error.to_string().contains("nothing was sent to Atlas"), "{error}");
+    drop(ctx);
+    api.assert_done().await;
+    assert!(sim.state().team_member_ids(ORG, TEAM_ID).is_empty());
+    assert_eq!(sim.state().counters().total("addOrgTeamUser"), 0);
+}
+
+/// An AtlasOrgUser's change reaches the team memberships that list it by `orgUserRef` (same
+/// namespace) or by username (same org, any case), and those of a team its `teamIds` name;
+/// not those of another organization.
+#[test]
+fn an_org_user_change_triggers_the_teams_that_list_it_by_username_too() {
+    use atlas_access_operator::controller::teams_affected_by_org_user;
+    let team = |name: &str, org: &str, members: Value, status: Value| -> AtlasTeamMembership {
+        serde_json::from_value(json!({
+            "apiVersion": "atlas-access.dev/v1alpha1", "kind": "AtlasTeamMembership",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"orgId": org, "team": {"name": "devs"}, "members": members},
+            "status": status,
+        }))
+        .unwrap()
+    };
+    const OTHER_ORG: &str = "5f1b2c3d4e5f60718293a4ff";
+    let teams = [
+        team("by-username", ORG, json!([{"username": "Alice@Example.COM"}]), json!({})),
+        team("by-ref", ORG, json!([{"orgUserRef": {"name": "alice"}}]), json!({})),
+        team("other-org", OTHER_ORG, json!([{"username": "alice@example.com"}]), json!({})),
+        team("by-team-id", ORG, json!([]), json!({"teamId": "6b1b2c3d4e5f60718293a4b5"})),
+        team("unrelated", ORG, json!([{"username": "bob@example.com"}]), json!({})),
+    ];
+    let (store, mut writer) = reflector::store();
+    for t in &teams {
+        writer.apply_watcher_event(&watcher::Event::Apply(t.clone()));
+    }
+    let mut user = alice("Delete");
+    user.spec.team_ids = vec!["6b1b2c3d4e5f60718293a4b5".into()];
+    let mut names: Vec<String> = teams_affected_by_org_user(&store, &user).into_iter().map(|r| r.name).collect();
+    names.sort();
+    assert_eq!(names, ["by-ref", "by-team-id", "by-username"]);
 }

@@ -149,7 +149,15 @@ fn cel_rules_are_present_with_their_expressions() {
     let team = schema_of(&crds[1]);
     assert_eq!(
         rules_at(&team, "/properties/spec/properties/team"),
-        [("has(self.id) != has(self.name)".to_string(), "set exactly one of team.id or team.name".to_string())]
+        [
+            ("has(self.id) != has(self.name)".to_string(), "set exactly one of team.id or team.name".to_string()),
+            (
+                "self == oldSelf".to_string(),
+                "team is immutable: an AtlasTeamMembership manages the one team it was created for; create a new \
+                 object for another team (deleting this one removes the members it added under deletionPolicy Delete)"
+                    .to_string()
+            )
+        ]
     );
     assert_eq!(
         rules_at(&team, "/properties/spec/properties/members/items"),

@@ -15,7 +15,8 @@ use atlas_access_operator::atlas::{AtlasClient, ClientConfig, Credentials, OrgRa
 use atlas_access_operator::engine::OrgUserIndex;
 use atlas_access_operator::engine::driver::{ObjectSet, run_pass};
 use atlas_access_operator::engine::{
-    IntentRecorder, Mode, events, execute, reconcile_org_user, reconcile_org_user_recorded, reconcile_team_membership,
+    InMemory, IntentError, Mode, PersistIntent, TeamSurroundings, events, execute, reconcile_org_user,
+    reconcile_org_user_recorded, reconcile_team_membership,
 };
 use atlas_access_operator::reconcile::{ActionOutcome, ErrorClass, OrgUserDirectory, OrgUserInput, plan_org_user};
 use atlas_access_operator::sim::{FaultConfig, FaultSpec, SimConfig, SimHandle, SimState, Simulator};
@@ -248,8 +249,11 @@ async fn team_membership_adds_members_and_reads_the_team_once() {
     );
     let now = Timestamp::now();
     reconcile_org_user(&client, &index, &alice, &[], Mode::Apply, now).await.unwrap();
-    let refs = BTreeMap::from([("alice".to_string(), "alice@example.com".to_string())]);
-    let report = reconcile_team_membership(&client, &index, &team, &refs, Mode::Apply, now).await.unwrap();
+    let around = TeamSurroundings {
+        org_user_refs: BTreeMap::from([("alice".to_string(), "alice@example.com".to_string())]),
+        writers: vec![],
+    };
+    let report = reconcile_team_membership(&client, &index, &team, &around, Mode::Apply, now, &InMemory).await.unwrap();
     assert_eq!(report.events.iter().filter(|e| e.reason == events::MEMBER_ADDED).count(), 2, "{:?}", report.events);
     let status = &report.status;
     assert_eq!(status.team_id.as_deref(), Some(team_id.as_str()));
@@ -260,7 +264,7 @@ async fn team_membership_adds_members_and_reads_the_team_once() {
     // Again: the team is remembered, so one member listing and no lookup.
     state.reset_counters();
     let team = AtlasTeamMembership { status: Some(report.status.clone()), ..team };
-    let report = reconcile_team_membership(&client, &index, &team, &refs, Mode::Apply, now).await.unwrap();
+    let report = reconcile_team_membership(&client, &index, &team, &around, Mode::Apply, now, &InMemory).await.unwrap();
     assert!(report.plan.plan.actions.is_empty());
     let counters = state.counters();
     assert_eq!(counters.total("listOrgTeamUsers"), 1);
@@ -312,10 +316,10 @@ fn engine_futures_are_send() {
     let org = "5f1b2c3d4e5f60718293a4b5";
     let user = org_user("alice", org, "alice@example.com", &[OrgRole::OrgMember]);
     let team = team_membership("t", org, TeamRef { id: None, name: Some("t".into()) }, vec![]);
-    let refs = BTreeMap::new();
+    let around = TeamSurroundings::default();
     let now = Timestamp::now();
     assert_send(&reconcile_org_user(&client, &index, &user, &[], Mode::Apply, now));
-    assert_send(&reconcile_team_membership(&client, &index, &team, &refs, Mode::Apply, now));
+    assert_send(&reconcile_team_membership(&client, &index, &team, &around, Mode::Apply, now, &InMemory));
     assert_send(&index.directory(&client, org));
 }
 
@@ -449,14 +453,14 @@ async fn granted_projects_and_teams_are_taken_away_and_concurrent_grants_survive
 #[tokio::test]
 async fn the_ownership_record_is_written_before_the_grant_or_nothing_is_sent() {
     struct Failing;
-    impl IntentRecorder<AtlasOrgUserStatus> for Failing {
-        async fn record(&self, _: &AtlasOrgUserStatus) -> Result<(), String> {
-            Err("the API server refused the status apply".into())
+    impl PersistIntent<AtlasOrgUserStatus> for Failing {
+        async fn persist_intent(&self, _: &AtlasOrgUserStatus) -> Result<(), IntentError> {
+            Err(IntentError("the API server refused the status apply".into()))
         }
     }
     struct Checking(SimState, String, std::sync::Mutex<Vec<AtlasOrgUserStatus>>);
-    impl IntentRecorder<AtlasOrgUserStatus> for Checking {
-        async fn record(&self, intent: &AtlasOrgUserStatus) -> Result<(), String> {
+    impl PersistIntent<AtlasOrgUserStatus> for Checking {
+        async fn persist_intent(&self, intent: &AtlasOrgUserStatus) -> Result<(), IntentError> {
             assert!(self.0.org_users(&self.1).is_empty(), "recorded before the invitation went out");
             self.2.lock().unwrap().push(intent.clone());
             Ok(())
@@ -511,4 +515,72 @@ async fn a_404_against_the_cached_listing_reobserves_instead_of_stalling() {
     assert!(matches!(report.plan.plan.actions[..], [atlas_access_operator::reconcile::Action::CreateOrgUser { .. }]));
     assert!(!is_true(&report.status.conditions, conditions::STALLED), "{:?}", report.status.conditions);
     assert_eq!(report.status.membership_status.as_deref(), Some("PENDING"));
+}
+
+/// At Atlas's limit of 250 users a team, a swap (one out, one in) succeeds in one pass: the
+/// removal has finished before the addition starts, even when `:removeUser` is slow.
+#[tokio::test]
+async fn a_swap_at_250_members_removes_before_it_adds() {
+    let (sim, state) = start();
+    let org = state.add_org("acme");
+    let team_id = state.add_team(&org, "full");
+    let usernames: Vec<String> = (0..251).map(|i| format!("m{i:03}@example.com")).collect();
+    for (i, username) in usernames.iter().enumerate() {
+        let id = state.add_user(&org, username, MembershipStatus::Active, &["ORG_MEMBER"]);
+        if i < 250 {
+            assert!(state.add_team_member(&org, &team_id, &id));
+        }
+    }
+    // m000 out, m250 in.
+    let mut team = team_membership(
+        "full",
+        &org,
+        TeamRef { id: Some(team_id.clone()), name: None },
+        usernames[1..].iter().map(|u| by_name(u)).collect(),
+    );
+    team.spec.mode = MembershipMode::Exclusive;
+    state.set_faults(FaultConfig::for_operation("removeOrgTeamUser", FaultSpec::latency(Duration::from_millis(300))));
+    let client = client(&sim, RetryPolicy::default());
+    let index = OrgUserIndex::new(Duration::from_secs(60));
+    let around = TeamSurroundings::default();
+    let report = reconcile_team_membership(&client, &index, &team, &around, Mode::Apply, Timestamp::now(), &InMemory)
+        .await
+        .unwrap();
+    assert_eq!(report.plan.plan.actions.len(), 2, "{}", report.plan.plan);
+    assert!(report.outcomes.iter().all(|o| matches!(o, ActionOutcome::Done(_))), "{:?}", report.outcomes);
+    assert!(is_true(&report.status.conditions, conditions::READY), "{:?}", report.status.conditions);
+    let members = state.team_member_ids(&org, &team_id);
+    assert_eq!(members.len(), 250);
+}
+
+/// The team is resolved once by name and pinned by id: renamed, it is still the one managed;
+/// a new team taking the old name is never touched.
+#[tokio::test]
+async fn a_renamed_team_keeps_being_managed_and_a_new_team_of_the_old_name_is_left_alone() {
+    let (sim, state) = start();
+    let org = state.add_org("acme");
+    let team_id = state.add_team(&org, "devs");
+    state.add_user(&org, "alice@example.com", MembershipStatus::Active, &["ORG_MEMBER"]);
+    state.add_user(&org, "bob@example.com", MembershipStatus::Active, &["ORG_MEMBER"]);
+    let client = client(&sim, RetryPolicy::default());
+    let index = OrgUserIndex::new(Duration::from_secs(60));
+    let around = TeamSurroundings::default();
+    let now = Timestamp::now();
+    let mut team = team_membership(
+        "devs",
+        &org,
+        TeamRef { id: None, name: Some("devs".into()) },
+        vec![by_name("alice@example.com")],
+    );
+    let report = reconcile_team_membership(&client, &index, &team, &around, Mode::Apply, now, &InMemory).await.unwrap();
+    assert_eq!(report.status.team_id.as_deref(), Some(team_id.as_str()));
+    team.status = Some(report.status);
+
+    assert!(state.rename_team(&org, &team_id, "developers"));
+    let impostor = state.add_team(&org, "devs");
+    team.spec.members.push(by_name("bob@example.com"));
+    let report = reconcile_team_membership(&client, &index, &team, &around, Mode::Apply, now, &InMemory).await.unwrap();
+    assert_eq!(report.status.team_id.as_deref(), Some(team_id.as_str()));
+    assert_eq!(state.team_member_ids(&org, &team_id).len(), 2, "bob joined the pinned team");
+    assert!(state.team_member_ids(&org, &impostor).is_empty(), "the new team of the old name is left alone");
 }

@@ -195,7 +195,13 @@ async fn argo_cd_and_kstatus_verdicts_on_real_statuses() {
     // missing Secret.
     objects.user("no-secret", "carol@example.com", json!({"credentialsSecretRef": {"name": "does-not-exist"}})).await;
     // The only org owner, deleted later: Atlas refuses.
-    objects.user("owner", "owner@example.com", with_secret(json!({"orgRoles": ["ORG_OWNER"]}))).await;
+    objects
+        .user(
+            "owner",
+            "owner@example.com",
+            with_secret(json!({"orgRoles": ["ORG_OWNER"], "adoptedDeletionPolicy": "Delete"})),
+        )
+        .await;
     // paused, in sync and with a change waiting.
     objects
         .apply(

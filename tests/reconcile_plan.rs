@@ -14,7 +14,8 @@ use atlas_access_operator::api::{
 use atlas_access_operator::atlas::models::{GroupRoleAssignment, MembershipStatus, OrgUser, OrgUserRoles, Team, codes};
 use atlas_access_operator::reconcile::{
     Action, ActionError, ActionOutcome, Claim, ErrorClass, ObservedTeam, OrgUserDirectory, OrgUserInput, Plan,
-    TeamInput, org_user_status, plan_org_user, plan_team_membership, team_membership_status,
+    TeamInput, TeamWriter, WriterKind, org_user_status, plan_org_user, plan_team_membership, team_intent,
+    team_membership_status,
 };
 use jiff::Timestamp;
 
@@ -942,9 +943,14 @@ fn team_input<'a>(
         team,
         directory,
         org_user_refs: refs,
+        direct_reads: &NO_READS,
+        writers: &[],
         now: now(),
     }
 }
+
+/// No recorded user needed a direct read.
+static NO_READS: BTreeMap<String, bool> = BTreeMap::new();
 
 #[test]
 fn team_plans() {
@@ -1180,7 +1186,11 @@ fn partial_failure_records_exactly_what_was_done() {
     assert_eq!(plan.plan.actions.len(), 2);
     let outcomes = execute(&plan.plan, &mut directory, Some(&mut team), team_atlas(&[(BOB, team_full)]));
     let status = team_membership_status(&input, &plan, &outcomes, &directory, Some(&team));
-    assert!(status.added_members.is_empty(), "carol removed, bob never added: {:?}", status.added_members);
+    assert_eq!(
+        status.added_members.iter().map(|a| a.user_id.as_str()).collect::<Vec<_>>(),
+        vec![BOB],
+        "carol removed; bob stays recorded (written ahead) until a direct read shows him outside the team"
+    );
     assert_eq!(member_states(&status), vec![("alice@example.com".into(), Member), ("bob@example.com".into(), Failed)]);
     assert_eq!(
         status.members[1].message.as_deref(),
@@ -1205,7 +1215,9 @@ fn failed_removal_keeps_the_user_in_the_added_set_and_rate_limits_stop_the_rest(
     let outcomes = execute(&plan.plan, &mut directory, Some(&mut team), team_atlas(&[(CAROL, rate_limited)]));
     assert!(outcomes[1..].iter().all(|o| *o == ActionOutcome::Skipped), "{outcomes:?}");
     let status = team_membership_status(&input, &plan, &outcomes, &directory, Some(&team));
-    assert_eq!(status.added_members.len(), 2, "nothing was removed");
+    let recorded: Vec<&str> = status.added_members.iter().map(|a| a.user_id.as_str()).collect();
+    // Nothing was removed; alice and bob were recorded ahead of their (skipped) additions.
+    assert_eq!(recorded, vec![ALICE, BOB, CAROL, DAVE]);
     assert_eq!(condition(&status.conditions, conditions::RECONCILING), ("True".into(), "RateLimited".into()));
     assert!(status.members.iter().all(|m| m.state == MemberState::Pending), "{:?}", status.members);
 }
@@ -1460,7 +1472,16 @@ fn team_membership_converges_in_one_pass_and_additive_never_touches_strangers() 
                         ..Default::default()
                     };
                     let team_before = observed_team(&before.iter().copied().collect::<Vec<_>>());
-                    let input = team_input(&spec, &previous, Some(&team_before), &directory, &refs);
+                    // The engine reads each recorded user the listing misses; here Atlas agrees.
+                    let reads: BTreeMap<String, bool> = added_before
+                        .iter()
+                        .filter(|id| !before.contains(*id))
+                        .map(|id| (id.to_string(), false))
+                        .collect();
+                    let input = TeamInput {
+                        direct_reads: &reads,
+                        ..team_input(&spec, &previous, Some(&team_before), &directory, &refs)
+                    };
                     let plan = plan_team_membership(&input);
                     let mut fresh_directory = directory.clone();
                     let mut team = team_before.clone();
@@ -1776,4 +1797,230 @@ fn status_and_plan_say_what_deletion_does() {
         assert_eq!(org_user_status(&input, &plan, &[], Some(&u)).on_deletion, Some(expected));
         assert!(plan.on_deletion_text().starts_with(expected.as_str()));
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Issue 13: team memberships you can trust (one test per numbered case)
+// ---------------------------------------------------------------------------------------
+
+fn pinned(team_id: &str, entries: &[(&str, &str)]) -> AtlasTeamMembershipStatus {
+    AtlasTeamMembershipStatus { team_id: Some(team_id.into()), ..added(entries) }
+}
+
+fn writer(name: &str, created: &str, kind: WriterKind, team_id: &str, usernames: &[&str]) -> TeamWriter {
+    TeamWriter {
+        claim: Claim::new("team-a", name, Some(at(created))),
+        kind,
+        team_id: Some(team_id.into()),
+        team_name: None,
+        usernames: usernames.iter().map(|u| u.to_string()).collect(),
+    }
+}
+
+/// Case 1, re-pointing: the record of team T2 ("devs") says nothing about T1 ("ops"): the object is
+/// held, and a person a human put in T1 is never removed.
+#[test]
+fn case_1_a_changed_team_is_held_and_the_old_record_never_removes_from_the_new_team() {
+    let directory = org_directory();
+    let refs = refs();
+    // Pinned to T2; stranger was added there by this object; the spec now names T1, where a
+    // human put the stranger.
+    let previous = pinned(T2, &[(STRANGER, "stranger@example.com")]);
+    let spec = team_spec(MembershipMode::Additive, vec![by_name("alice@example.com")]);
+    let team = observed_team(&[STRANGER]);
+    let plan = plan_team_membership(&team_input(&spec, &previous, Some(&team), &directory, &refs));
+    assert!(plan.plan.actions.is_empty(), "{}", plan.plan);
+    let hold = plan.plan.hold.as_ref().expect("held");
+    assert_eq!(hold.reason(), "TeamChanged");
+    assert!(hold.to_string().contains("create a new AtlasTeamMembership"), "{hold}");
+
+    // The same with the pinned team observed and the spec naming another id.
+    let previous = pinned(T1, &[(STRANGER, "stranger@example.com")]);
+    let spec = AtlasTeamMembershipSpec {
+        team: TeamRef { id: Some(T2.into()), name: None },
+        ..team_spec(MembershipMode::Additive, vec![by_name("alice@example.com")])
+    };
+    let plan = plan_team_membership(&team_input(&spec, &previous, Some(&team), &directory, &refs));
+    assert!(plan.plan.actions.is_empty(), "{}", plan.plan);
+    assert_eq!(plan.plan.hold.as_ref().map(|h| h.reason()), Some("TeamChanged"));
+
+    // Deleting: only the pinned team's record counts; a record of another team removes nobody.
+    let previous = pinned(T2, &[(STRANGER, "stranger@example.com")]);
+    let spec = team_spec(MembershipMode::Additive, vec![]);
+    let input = TeamInput { deleting: true, ..team_input(&spec, &previous, Some(&team), &directory, &refs) };
+    assert!(plan_team_membership(&input).plan.actions.is_empty());
+}
+
+/// Case 2, write-ahead: the record with bob in it exists before `:addUser`; a status write lost
+/// after the call leaves bob recorded and removable; a listing that misses bob does not
+/// drop him; only a direct read showing him outside the team does.
+#[test]
+fn case_2_ownership_is_written_ahead_and_leaves_only_on_confirmed_absence() {
+    let directory = org_directory();
+    let refs = refs();
+    let spec = team_spec(MembershipMode::Additive, vec![by_name("bob@example.com")]);
+    let nothing = AtlasTeamMembershipStatus::default();
+    let team = observed_team(&[]);
+    let input = team_input(&spec, &nothing, Some(&team), &directory, &refs);
+    let plan = plan_team_membership(&input);
+    let intent = team_intent(&input, &plan).expect("an addition is recorded first");
+    assert_eq!(intent.team_id.as_deref(), Some(T1), "the team is pinned before the first call");
+    assert_eq!(intent.added_members, vec![AddedMember { user_id: BOB.into(), username: "bob@example.com".into() }]);
+    assert_eq!(intent.conditions, nothing.conditions, "only the record changes");
+
+    // The call went through, the status write after it was lost: the intent is what the
+    // object has. bob is unlisted later: he is removed.
+    let team = observed_team(&[BOB]);
+    let unlisted = team_spec(MembershipMode::Additive, vec![]);
+    let plan = plan_team_membership(&team_input(&unlisted, &intent, Some(&team), &directory, &refs));
+    assert_eq!(shown(&plan.plan), vec!["remove bob@example.com (BOB) from team T1 in org ORG"]);
+
+    // Nothing more to record when the record already holds every addition.
+    let listed_again = plan_team_membership(&team_input(&spec, &intent, Some(&observed_team(&[])), &directory, &refs));
+    assert!(
+        team_intent(&team_input(&spec, &intent, Some(&observed_team(&[])), &directory, &refs), &listed_again).is_none()
+    );
+
+    // A listing that misses bob once keeps him recorded...
+    let missed = observed_team(&[]);
+    let input = team_input(&unlisted, &intent, Some(&missed), &directory, &refs);
+    let plan = plan_team_membership(&input);
+    let status = team_membership_status(&input, &plan, &[], &directory, Some(&missed));
+    assert_eq!(status.added_members.len(), 1, "a listing alone never drops a record: {:?}", status.added_members);
+    // ...and when the direct read finds him in the team after all, he is removed.
+    let present = BTreeMap::from([(BOB.to_string(), true)]);
+    let input =
+        TeamInput { direct_reads: &present, ..team_input(&unlisted, &intent, Some(&missed), &directory, &refs) };
+    assert_eq!(shown(&plan_team_membership(&input).plan), vec!["remove bob@example.com (BOB) from team T1 in org ORG"]);
+    // A direct read showing him outside the team ends the record.
+    let absent = BTreeMap::from([(BOB.to_string(), false)]);
+    let input = TeamInput { direct_reads: &absent, ..team_input(&unlisted, &intent, Some(&missed), &directory, &refs) };
+    let plan = plan_team_membership(&input);
+    assert!(plan.plan.actions.is_empty());
+    let status = team_membership_status(&input, &plan, &[], &directory, Some(&missed));
+    assert!(status.added_members.is_empty(), "{:?}", status.added_members);
+    assert_eq!(status.team_id.as_deref(), Some(T1));
+
+    // A failed addition stays recorded (it may have happened): the next pass reads it directly.
+    let input = team_input(&spec, &nothing, Some(&missed), &directory, &refs);
+    let plan = plan_team_membership(&input);
+    let outcomes = vec![ActionOutcome::Failed(ActionError::new(ErrorClass::Transient, "connection reset"))];
+    let status = team_membership_status(&input, &plan, &outcomes, &directory, Some(&missed));
+    assert_eq!(status.added_members.len(), 1);
+}
+
+/// Case 3, one writer per team: the younger of two Exclusive objects is held (Conflict) and makes
+/// no call; Exclusive counts an AtlasOrgUser's `teamIds` (and other objects' members) as
+/// listed; Additive objects remove only what they own, and not while another writer wants it.
+#[test]
+fn case_3_one_writer_per_team() {
+    let directory = org_directory();
+    let refs = refs();
+    let team = observed_team(&[ALICE, STRANGER]);
+    let nothing = AtlasTeamMembershipStatus::default();
+    let exclusive = team_spec(MembershipMode::Exclusive, vec![by_name("bob@example.com")]);
+
+    // An older Exclusive object on T1: this one (created 2025-05-01) is held.
+    let writers = [writer("older", "2025-01-01T00:00:00Z", WriterKind::Exclusive, T1, &["alice@example.com"])];
+    let input = TeamInput { writers: &writers, ..team_input(&exclusive, &nothing, Some(&team), &directory, &refs) };
+    let plan = plan_team_membership(&input);
+    assert!(plan.plan.actions.is_empty(), "{}", plan.plan);
+    assert_eq!(plan.plan.hold.as_ref().map(|h| h.reason()), Some("Conflict"));
+    assert!(plan.plan.hold.as_ref().unwrap().to_string().contains("team-a/older"));
+    let status = team_membership_status(&input, &plan, &[], &directory, Some(&team));
+    assert_eq!(condition(&status.conditions, conditions::READY), ("False".into(), "Conflict".into()));
+    assert_eq!(condition(&status.conditions, conditions::STALLED), ("True".into(), "Conflict".into()));
+
+    // The older one, seeing the younger: owns the team and acts.
+    let writers = [writer("younger", "2026-01-01T00:00:00Z", WriterKind::Exclusive, T1, &["alice@example.com"])];
+    let input = TeamInput { writers: &writers, ..team_input(&exclusive, &nothing, Some(&team), &directory, &refs) };
+    let plan = plan_team_membership(&input);
+    assert_eq!(plan.plan.hold, None);
+    // The younger one is held and wants nothing: alice and the stranger go.
+    assert_eq!(
+        shown(&plan.plan),
+        vec![
+            "remove alice@example.com (ALICE) from team T1 in org ORG",
+            "remove stranger@example.com (STRANGER) from team T1 in org ORG",
+            "add bob@example.com (BOB) to team T1 in org ORG"
+        ]
+    );
+
+    // An Exclusive object on another team is no rival.
+    let writers = [writer("other-team", "2025-01-01T00:00:00Z", WriterKind::Exclusive, T2, &[])];
+    let input = TeamInput { writers: &writers, ..team_input(&exclusive, &nothing, Some(&team), &directory, &refs) };
+    assert_eq!(plan_team_membership(&input).plan.hold, None);
+
+    // Exclusive vs an AtlasOrgUser whose teamIds name T1: the stranger stays, no flapping.
+    let writers =
+        [writer("stranger", "2026-01-01T00:00:00Z", WriterKind::OrgUserTeamIds, T1, &["Stranger@example.com"])];
+    let input = TeamInput { writers: &writers, ..team_input(&exclusive, &nothing, Some(&team), &directory, &refs) };
+    let plan = plan_team_membership(&input);
+    assert_eq!(
+        shown(&plan.plan),
+        vec![
+            "remove alice@example.com (ALICE) from team T1 in org ORG",
+            "add bob@example.com (BOB) to team T1 in org ORG"
+        ]
+    );
+    assert!(plan.plan.notes.iter().any(|n| n.contains("team-a/stranger")), "{:?}", plan.plan.notes);
+
+    // Writers from objects: the spec's team and members; one being deleted wants nobody.
+    let mut object = atlas_access_operator::api::AtlasTeamMembership::new(
+        "going",
+        team_spec(MembershipMode::Additive, vec![by_name("stranger@example.com"), by_ref("bob")]),
+    );
+    let w = TeamWriter::of_team_membership(&object, &refs);
+    assert_eq!((w.kind, w.team_id.as_deref()), (WriterKind::Additive, Some(T1)));
+    assert_eq!(w.usernames, ["stranger@example.com", "Bob@Example.com"]);
+    object.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now()));
+    assert!(TeamWriter::of_team_membership(&object, &refs).usernames.is_empty());
+
+    // Two Additive objects: this one added alice and no longer lists her, the other lists her:
+    // she stays, and stays recorded (removed once nobody else wants her).
+    let additive = team_spec(MembershipMode::Additive, vec![]);
+    let previous = pinned(T1, &[(ALICE, "alice@example.com")]);
+    let writers = [writer("other", "2026-01-01T00:00:00Z", WriterKind::Additive, T1, &["alice@example.com"])];
+    let input = TeamInput { writers: &writers, ..team_input(&additive, &previous, Some(&team), &directory, &refs) };
+    let plan = plan_team_membership(&input);
+    assert!(plan.plan.actions.is_empty(), "{}", plan.plan);
+    let status = team_membership_status(&input, &plan, &[], &directory, Some(&team));
+    assert_eq!(status.added_members.len(), 1);
+    let input = team_input(&additive, &previous, Some(&team), &directory, &refs);
+    assert_eq!(
+        shown(&plan_team_membership(&input).plan),
+        vec!["remove alice@example.com (ALICE) from team T1 in org ORG"]
+    );
+}
+
+/// Case 4, at the cap: an addition refused while removals of the plan are not done is retried
+/// (Reconciling), not Stalled; once the removals are done a refusal is a real one.
+#[test]
+fn case_4_a_team_full_refusal_while_removals_are_pending_is_retried() {
+    let directory = org_directory();
+    let refs = refs();
+    let spec = team_spec(MembershipMode::Exclusive, vec![by_name("alice@example.com"), by_name("bob@example.com")]);
+    let nothing = AtlasTeamMembershipStatus::default();
+    let team = observed_team(&[ALICE, STRANGER]);
+    let input = team_input(&spec, &nothing, Some(&team), &directory, &refs);
+    let plan = plan_team_membership(&input);
+    assert_eq!(
+        shown(&plan.plan),
+        vec![
+            "remove stranger@example.com (STRANGER) from team T1 in org ORG",
+            "add bob@example.com (BOB) to team T1 in org ORG"
+        ]
+    );
+    assert_eq!(plan.plan.actions.iter().map(Action::phase).collect::<Vec<_>>(), vec![0, 1], "removals first");
+    let outcomes = vec![ActionOutcome::Skipped, ActionOutcome::Failed(team_full())];
+    let status = team_membership_status(&input, &plan, &outcomes, &directory, Some(&team));
+    assert_eq!(condition(&status.conditions, conditions::RECONCILING), ("True".into(), "AtlasError".into()));
+    assert!(find(&status.conditions, conditions::STALLED).is_none(), "{:?}", status.conditions);
+
+    let mut after = team.clone();
+    let removed = ActionOutcome::Done(None);
+    after.apply(&plan.plan.actions[0], &removed);
+    let outcomes = vec![removed, ActionOutcome::Failed(team_full())];
+    let status = team_membership_status(&input, &plan, &outcomes, &directory, Some(&after));
+    assert_eq!(condition(&status.conditions, conditions::STALLED), ("True".into(), "AtlasError".into()));
 }

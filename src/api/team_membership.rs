@@ -80,7 +80,10 @@ pub struct AtlasTeamMembershipSpec {
     #[x_kube(validation = Rule::new("self == oldSelf").message("orgId is immutable"))]
     pub org_id: String,
 
-    /// The Atlas team, by id or by name: exactly one of the two.
+    /// The Atlas team, by id or by name: exactly one of the two. Immutable: the object is
+    /// pinned to the team it first resolved (`status.teamId`), and what it owns is owned in
+    /// that team; for another team create a new object.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("team is immutable: an AtlasTeamMembership manages the one team it was created for; create a new object for another team (deleting this one removes the members it added under deletionPolicy Delete)"))]
     pub team: TeamRef,
 
     /// Users who must be in the team, each by username or by a reference to an AtlasOrgUser
@@ -94,7 +97,8 @@ pub struct AtlasTeamMembershipSpec {
     pub members: Vec<TeamMember>,
 
     /// `Additive` (default): add the listed users, remove only users this object added.
-    /// `Exclusive`: the team has exactly the listed users; everyone else is removed.
+    /// `Exclusive`: the team has exactly the listed users (and those other objects of the
+    /// same team want); everyone else is removed. One Exclusive object per team: the oldest.
     #[serde(default)]
     pub mode: MembershipMode,
 
@@ -167,7 +171,9 @@ pub struct MemberStatus {
     pub message: Option<String>,
 }
 
-/// A user this object added to the team (Additive mode only ever removes these).
+/// A user this object added, or is about to add, to the team `status.teamId`: recorded
+/// before `:addUser` is sent, and dropped only after a confirmed removal or a direct read of
+/// the user showing them outside the team. Additive mode only ever removes these.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AddedMember {
@@ -181,7 +187,8 @@ pub struct AddedMember {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AtlasTeamMembershipStatus {
-    /// Atlas id of the team.
+    /// Atlas id of the team, resolved once from `spec.team` and kept: the object keeps
+    /// managing this team when it is renamed, and `addedMembers` are members of this team.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub team_id: Option<String>,
     /// Name of the team.
@@ -197,7 +204,9 @@ pub struct AtlasTeamMembershipStatus {
     /// Each listed member and where it stands.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<MemberStatus>,
-    /// Users this object added to the team: in Additive mode the only ones it will remove.
+    /// Users this object added (or is about to add) to the team `teamId`, written before
+    /// each `:addUser`: the ones it removes when they are no longer listed or the object is
+    /// deleted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub added_members: Vec<AddedMember>,
     /// The `metadata.generation` this status describes.

@@ -226,7 +226,8 @@ fn events_of(outcome: &Outcome) -> &[EngineEvent] {
 
 fn error_of(outcome: &Outcome) -> Option<String> {
     match outcome {
-        Outcome::OrgUser(Err(e)) | Outcome::TeamMembership(Err(e)) => Some(e.to_string()),
+        Outcome::OrgUser(Err(e)) => Some(e.to_string()),
+        Outcome::TeamMembership(Err(e)) => Some(e.to_string()),
         _ => None,
     }
 }

@@ -117,6 +117,8 @@ pub struct Context {
     pub org_users: Store<AtlasOrgUser>,
     /// Every AtlasOrganization (cluster-scoped): which namespaces may manage which org.
     pub organizations: Store<AtlasOrganization>,
+    /// The other writers of a team come from here (and from `org_users`).
+    pub teams: Store<AtlasTeamMembership>,
     pub resync_interval: Duration,
     pub deletion_protection: bool,
     /// How long before its expiry a pending invitation is flagged (`InvitationExpiringSoon`).
@@ -139,8 +141,9 @@ pub enum Error {
     DeletionBlocked(String),
     #[error("not allowed: {0}")]
     NotAllowed(String),
-    #[error("the ownership record could not be written before granting; nothing was sent: {0}")]
-    OwnershipNotRecorded(String),
+    /// The write-ahead record was not written: nothing was sent to Atlas.
+    #[error("{0}")]
+    Intent(#[from] crate::engine::IntentError),
     #[error("{}", describe_finalizer_error(.0))]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
@@ -202,7 +205,7 @@ impl Error {
             Error::Incomplete { retry_after: Some(d), .. } => Retry::After(*d),
             Error::Incomplete { transient: true, .. } => Retry::Backoff,
             Error::Incomplete { .. } => Retry::Slow,
-            Error::DeletionBlocked(_) | Error::OwnershipNotRecorded(_) => Retry::Backoff,
+            Error::DeletionBlocked(_) | Error::Intent(_) => Retry::Backoff,
             Error::NotAllowed(_) => Retry::Slow,
             Error::Finalizer(inner) => match inner.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => {
@@ -283,6 +286,7 @@ impl Context {
             index,
             org_users,
             organizations: kube::runtime::reflector::store::Writer::default().as_reader(),
+            teams: kube::runtime::reflector::store::Writer::default().as_reader(),
             resync_interval,
             deletion_protection,
             invitation_warning: crate::reconcile::audit::DEFAULT_INVITATION_WARNING,
@@ -299,6 +303,13 @@ impl Context {
     /// The AtlasOrganizations the reconciles consult (default: none).
     pub fn with_organizations(mut self, organizations: Store<AtlasOrganization>) -> Self {
         self.organizations = organizations;
+        self
+    }
+
+    /// The AtlasTeamMembership store, where the other writers of a team are found (without
+    /// it, [`Context::new`] knows none).
+    pub fn with_teams(mut self, teams: Store<AtlasTeamMembership>) -> Self {
+        self.teams = teams;
         self
     }
 
@@ -442,6 +453,59 @@ where
         .collect()
 }
 
+/// The team memberships an AtlasOrgUser's change concerns: those listing it by `orgUserRef`
+/// (same namespace) or by username (same organization, any case), and those of a team its
+/// `teamIds` name.
+pub fn teams_affected_by_org_user(
+    teams: &Store<AtlasTeamMembership>,
+    user: &AtlasOrgUser,
+) -> Vec<ObjectRef<AtlasTeamMembership>> {
+    let (ns, name) = (user.namespace(), user.name_any());
+    let username = crate::reconcile::username_key(&user.spec.username);
+    teams
+        .state()
+        .iter()
+        .filter(|t| {
+            let by_ref = t.namespace() == ns
+                && t.spec.members.iter().any(|m| m.org_user_ref.as_ref().is_some_and(|r| r.name == name));
+            let same_org = t.spec.org_id == user.spec.org_id;
+            let by_username = same_org
+                && t.spec
+                    .members
+                    .iter()
+                    .any(|m| m.username.as_deref().is_some_and(|u| crate::reconcile::username_key(u) == username));
+            let by_team_id = same_org
+                && t.status
+                    .as_ref()
+                    .and_then(|s| s.team_id.as_ref())
+                    .or(t.spec.team.id.as_ref())
+                    .is_some_and(|id| user.spec.team_ids.contains(id));
+            by_ref || by_username || by_team_id
+        })
+        .map(|t| ObjectRef::from_obj(t.as_ref()))
+        .collect()
+}
+
+/// The other team memberships of the same organization and team as `team` (by pinned or
+/// spec id, or by name), so a conflict ends as soon as its cause changes.
+fn co_writers(teams: &Store<AtlasTeamMembership>, team: &AtlasTeamMembership) -> Vec<ObjectRef<AtlasTeamMembership>> {
+    let key = |t: &AtlasTeamMembership| {
+        let id = t.status.as_ref().and_then(|s| s.team_id.clone()).or_else(|| t.spec.team.id.clone());
+        (id, t.spec.team.name.as_deref().map(str::to_lowercase))
+    };
+    let (id, name) = key(team);
+    teams
+        .state()
+        .iter()
+        .filter(|t| t.uid() != team.uid() && t.spec.org_id == team.spec.org_id)
+        .filter(|t| {
+            let (other_id, other_name) = key(t);
+            (id.is_some() && other_id == id) || (name.is_some() && other_name == name)
+        })
+        .map(|t| ObjectRef::from_obj(t.as_ref()))
+        .collect()
+}
+
 /// The usernames of AtlasOrgUsers by name, in one namespace (for `orgUserRef`).
 pub fn org_user_refs(store: &Store<AtlasOrgUser>, namespace: &str) -> BTreeMap<String, String> {
     store
@@ -572,6 +636,7 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         index: OrgUserIndex::new(args.index_refresh_interval),
         org_users: org_users.clone(),
         organizations: organizations.clone(),
+        teams: teams.clone(),
         resync_interval: args.resync_interval,
         deletion_protection: args.deletion_protection,
         invitation_warning: args.invitation_warning,
@@ -618,6 +683,7 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
 
     let (ctx_b, teams_b) = (ctx.clone(), teams.clone());
     let (teams_c, teams_d) = (teams.clone(), teams.clone());
+    let teams_e = teams.clone();
     let mut team_ctrl = team_ctrl
         .with_config(config.clone())
         .watches(organizations_api(), watcher::Config::default(), move |org: AtlasOrganization| {
@@ -628,19 +694,14 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
                 .map(|t| ObjectRef::from_obj(t.as_ref()))
                 .collect::<Vec<_>>()
         })
-        // An AtlasOrgUser's status (its user id, its invitation) feeds the teams that reference it.
-        .watches(namespaced_or_all::<AtlasOrgUser>(&kube, ns), wc, move |user: AtlasOrgUser| {
-            let ns = user.namespace();
-            let name = user.name_any();
-            teams_c
-                .state()
-                .iter()
-                .filter(|t| {
-                    t.namespace() == ns
-                        && t.spec.members.iter().any(|m| m.org_user_ref.as_ref().is_some_and(|r| r.name == name))
-                })
-                .map(|t| ObjectRef::from_obj(t.as_ref()))
-                .collect::<Vec<_>>()
+        // An AtlasOrgUser (its invitation, its user id, its teamIds) feeds the teams that list
+        // it, by orgUserRef or by username, and the teams its teamIds name.
+        .watches(namespaced_or_all::<AtlasOrgUser>(&kube, ns), wc.clone(), move |user: AtlasOrgUser| {
+            teams_affected_by_org_user(&teams_c, &user)
+        })
+        // A team membership's change (created, deleted, mode) decides who else may write its team.
+        .watches(namespaced_or_all::<AtlasTeamMembership>(&kube, ns), wc, move |team: AtlasTeamMembership| {
+            co_writers(&teams_e, &team)
         });
     if let Some(api) = secrets() {
         team_ctrl = team_ctrl.watches(api, secret_wc.clone(), move |s| {

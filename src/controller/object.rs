@@ -16,10 +16,26 @@ use super::status::{ConditionedStatus, apply_status, failed_status};
 use super::{Context, Error, failure_message, incomplete, instrumented};
 use crate::api::conditions::{HasConditions, READY, find};
 use crate::api::{AtlasOrganization, DeletionPolicy, FINALIZER};
-use crate::atlas::{AtlasClient, AtlasError, ErrorClass};
-use crate::engine::{self, Report};
+use crate::atlas::{AtlasClient, ErrorClass};
+use crate::engine::{self, EngineError, Report};
 use crate::metrics::KindLabels;
 use crate::reconcile::tenancy::{self, NOT_ALLOWED, Request};
+
+/// The controller's write-ahead: the record goes into the object's status (server-side
+/// apply, the same field manager as every status write) before the engine sends a call.
+pub(super) struct StatusIntent<'a, K: Managed> {
+    pub api: Api<K>,
+    pub object: &'a K,
+}
+
+impl<K: Managed> engine::PersistIntent<K::Status> for StatusIntent<'_, K> {
+    async fn persist_intent(&self, intent: &K::Status) -> Result<(), engine::IntentError> {
+        apply_status(&self.api, &self.object.name_any(), self.object.current_status(), intent)
+            .await
+            .map(|_| ())
+            .map_err(|e| engine::IntentError(e.to_string()))
+    }
+}
 
 /// A kind the controller reconciles.
 pub(super) trait Managed:
@@ -54,12 +70,13 @@ pub(super) trait Managed:
     fn kept_because(&self) -> String {
         "deletion needs no Atlas call".to_string()
     }
-    /// Observe, plan, execute (or clean up, for an object being deleted).
+    /// Observe, plan, persist the write-ahead record, execute (or clean up, for an object
+    /// being deleted).
     fn run_engine(
         &self,
         client: &AtlasClient,
         ctx: &Context,
-    ) -> impl Future<Output = Result<Report<Self::Plan, Self::Status>, AtlasError>> + Send;
+    ) -> impl Future<Output = Result<Report<Self::Plan, Self::Status>, EngineError>> + Send;
 }
 
 pub(super) async fn reconcile<K: Managed>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -158,14 +175,8 @@ async fn write_failure<K: Managed>(
 ) {
     let cleared = match observed {
         Observed::Keep => None,
-        Observed::Clear => {
-            // Conditions only: the new status starts from an empty one.
-            let mut empty = K::Status::default();
-            if let Some(previous) = obj.current_status() {
-                empty.set_conditions(previous.conditions().to_vec());
-            }
-            Some(empty)
-        }
+        // Conditions and ownership records only: nothing Atlas reported.
+        Observed::Clear => Some(obj.current_status().map(ConditionedStatus::records_only).unwrap_or_default()),
     };
     let previous = cleared.as_ref().or(obj.current_status());
     let status = failed_status(previous, obj.meta().generation, reason, message, stalled);
@@ -241,7 +252,9 @@ async fn converge<K: Managed>(api: &Api<K>, obj: Arc<K>, ctx: &Context, deleting
     };
     let report = match obj.run_engine(&client, ctx).await {
         Ok(r) => r,
-        Err(e) => {
+        // The status could not be written, so writing a failure status would not work either.
+        Err(EngineError::Intent(e)) => return Err(e.into()),
+        Err(EngineError::Atlas(e)) => {
             let failure = engine::action_error(&e);
             let observed = if e.class() == ErrorClass::Auth { Observed::Clear } else { Observed::Keep };
             write_failure(
@@ -265,7 +278,7 @@ async fn converge<K: Managed>(api: &Api<K>, obj: Arc<K>, ctx: &Context, deleting
     }
     if let Some(why) = report.unrecorded {
         // Nothing was sent: the next attempt plans, records and grants again.
-        return Err(Error::OwnershipNotRecorded(why));
+        return Err(Error::Intent(engine::IntentError(why)));
     }
     if deleting && report.finalizer_may_be_removed {
         ctx.metrics.set_ready(K::KIND, &ns, &name, None);

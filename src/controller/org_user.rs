@@ -7,10 +7,10 @@ use super::Context;
 use super::object::Managed;
 use kube::Api;
 
-use super::status::apply_status;
+use super::object::StatusIntent;
 use crate::api::{AdoptedDeletionPolicy, AtlasOrgUser, AtlasOrgUserStatus, DeletionPolicy};
-use crate::atlas::{AtlasClient, AtlasError};
-use crate::engine::{self, IntentRecorder, Mode, Report};
+use crate::atlas::AtlasClient;
+use crate::engine::{self, EngineError, Mode, Report};
 use crate::reconcile::OrgUserPlan;
 use crate::reconcile::tenancy::Request;
 use crate::reconcile::{Claim, username_key};
@@ -64,28 +64,16 @@ impl Managed for AtlasOrgUser {
         &self,
         client: &AtlasClient,
         ctx: &Context,
-    ) -> Result<Report<Self::Plan, Self::Status>, AtlasError> {
+    ) -> Result<Report<Self::Plan, Self::Status>, EngineError> {
         let rivals = rivals(self, ctx);
-        let recorder = StatusRecorder {
+        let intent = StatusIntent {
             api: Api::namespaced(ctx.kube.clone(), &self.namespace().unwrap_or_default()),
-            name: self.name_any(),
+            object: self,
         };
         let now = Timestamp::now();
         let mut report =
-            engine::reconcile_org_user_recorded(client, &ctx.index, self, &rivals, Mode::Apply, now, &recorder).await?;
+            engine::reconcile_org_user_recorded(client, &ctx.index, self, &rivals, Mode::Apply, now, &intent).await?;
         engine::flag_expiring_invitation(&mut report, self.status.as_ref(), now, ctx.invitation_warning);
         Ok(report)
-    }
-}
-
-/// The ownership record goes to the API server (a status apply) before the grants it covers.
-struct StatusRecorder {
-    api: Api<AtlasOrgUser>,
-    name: String,
-}
-
-impl IntentRecorder<AtlasOrgUserStatus> for StatusRecorder {
-    async fn record(&self, intent: &AtlasOrgUserStatus) -> Result<(), String> {
-        apply_status(&self.api, &self.name, None, intent).await.map(|_| ()).map_err(|e| format!("status apply: {e}"))
     }
 }

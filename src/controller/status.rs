@@ -47,22 +47,48 @@ use crate::api::{AtlasOrgUserStatus, AtlasTeamMembershipStatus};
 pub trait ConditionedStatus: HasConditions + Clone + Default {
     fn set_conditions(&mut self, conditions: Vec<Condition>);
     fn set_observed_generation(&mut self, generation: Option<i64>);
+    /// Only what the object itself holds: its conditions and its ownership records (what it
+    /// granted, adopted or added, which it must remember to take away later), without what
+    /// Atlas reported. For a status that may not show Atlas data (not allowed, credentials
+    /// refused): the records are never dropped, or a later deletion would forget them.
+    fn records_only(&self) -> Self;
 }
 
-macro_rules! conditioned {
-    ($t:ty) => {
-        impl ConditionedStatus for $t {
-            fn set_conditions(&mut self, conditions: Vec<Condition>) {
-                self.conditions = conditions;
-            }
-            fn set_observed_generation(&mut self, generation: Option<i64>) {
-                self.observed_generation = generation;
-            }
+impl ConditionedStatus for AtlasOrgUserStatus {
+    fn set_conditions(&mut self, conditions: Vec<Condition>) {
+        self.conditions = conditions;
+    }
+    fn set_observed_generation(&mut self, generation: Option<i64>) {
+        self.observed_generation = generation;
+    }
+    fn records_only(&self) -> Self {
+        Self {
+            adopted: self.adopted,
+            granted: self.granted.clone(),
+            reinvitations: self.reinvitations,
+            invited_generation: self.invited_generation,
+            conditions: self.conditions.clone(),
+            ..Self::default()
         }
-    };
+    }
 }
-conditioned!(AtlasOrgUserStatus);
-conditioned!(AtlasTeamMembershipStatus);
+
+impl ConditionedStatus for AtlasTeamMembershipStatus {
+    fn set_conditions(&mut self, conditions: Vec<Condition>) {
+        self.conditions = conditions;
+    }
+    fn set_observed_generation(&mut self, generation: Option<i64>) {
+        self.observed_generation = generation;
+    }
+    fn records_only(&self) -> Self {
+        Self {
+            team_id: self.team_id.clone(),
+            added_members: self.added_members.clone(),
+            conditions: self.conditions.clone(),
+            ..Self::default()
+        }
+    }
+}
 
 /// The previous status with Ready=False for `reason` and the kstatus condition that fits:
 /// `Stalled` when retrying will not help, else `Reconciling`. Everything Atlas reported

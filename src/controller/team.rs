@@ -1,13 +1,15 @@
-//! AtlasTeamMembership in the controller: `orgUserRef`s resolve through the AtlasOrgUser store.
+//! AtlasTeamMembership in the controller: `orgUserRef`s resolve through the AtlasOrgUser
+//! store, the other writers of a team come from both stores, and the write-ahead record goes
+//! into the status before any call.
 
 use jiff::Timestamp;
-use kube::ResourceExt;
+use kube::{Api, ResourceExt};
 
-use super::object::Managed;
-use super::{Context, org_user_refs};
+use super::Context;
+use super::object::{Managed, StatusIntent};
 use crate::api::{AtlasTeamMembership, AtlasTeamMembershipStatus};
-use crate::atlas::{AtlasClient, AtlasError};
-use crate::engine::{self, Mode, Report};
+use crate::atlas::AtlasClient;
+use crate::engine::{self, EngineError, Mode, Report, TeamSurroundings};
 use crate::reconcile::TeamPlan;
 use crate::reconcile::tenancy::Request;
 
@@ -36,8 +38,15 @@ impl Managed for AtlasTeamMembership {
         &self,
         client: &AtlasClient,
         ctx: &Context,
-    ) -> Result<Report<Self::Plan, Self::Status>, AtlasError> {
-        let refs = org_user_refs(&ctx.org_users, &self.namespace().unwrap_or_default());
-        engine::reconcile_team_membership(client, &ctx.index, self, &refs, Mode::Apply, Timestamp::now()).await
+    ) -> Result<Report<Self::Plan, Self::Status>, EngineError> {
+        let teams = ctx.teams.state();
+        let org_users = ctx.org_users.state();
+        let around = TeamSurroundings::of(self, teams.iter().map(|t| t.as_ref()), org_users.iter().map(|u| u.as_ref()));
+        let intent = StatusIntent {
+            api: Api::namespaced(ctx.kube.clone(), &self.namespace().unwrap_or_default()),
+            object: self,
+        };
+        engine::reconcile_team_membership(client, &ctx.index, self, &around, Mode::Apply, Timestamp::now(), &intent)
+            .await
     }
 }

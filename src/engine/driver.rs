@@ -7,7 +7,7 @@
 //! listing of every organization; statuses carry over from pass to pass as they would in
 //! the cluster.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::future::join_all;
@@ -15,7 +15,10 @@ use jiff::Timestamp;
 use tokio::sync::{Semaphore, watch};
 
 use super::OrgUserIndex;
-use super::{Mode, OrgUserReport, TeamReport, reconcile_org_user, reconcile_team_membership};
+use super::{
+    EngineError, InMemory, Mode, OrgUserReport, TeamReport, TeamSurroundings, reconcile_org_user,
+    reconcile_team_membership,
+};
 use crate::api::{AtlasOrgUser, AtlasTeamMembership};
 use crate::atlas::{AtlasClient, AtlasError};
 use crate::reconcile::{Claim, username_key};
@@ -41,7 +44,7 @@ pub enum ObjectId {
 #[derive(Debug)]
 pub enum Outcome {
     OrgUser(Result<OrgUserReport, AtlasError>),
-    TeamMembership(Result<TeamReport, AtlasError>),
+    TeamMembership(Result<TeamReport, EngineError>),
 }
 
 impl Outcome {
@@ -94,18 +97,6 @@ impl ObjectSet {
                     .collect()
             })
             .collect()
-    }
-
-    /// AtlasOrgUser name -> username, per namespace.
-    fn refs_by_namespace(&self) -> HashMap<String, BTreeMap<String, String>> {
-        let mut refs: HashMap<String, BTreeMap<String, String>> = HashMap::new();
-        for u in &self.org_users {
-            let meta = &u.metadata;
-            refs.entry(meta.namespace.clone().unwrap_or_default())
-                .or_default()
-                .insert(meta.name.clone().unwrap_or_default(), u.spec.username.clone());
-        }
-        refs
     }
 
     /// For each team membership: the org users (indices) it waits for in a pass.
@@ -186,9 +177,12 @@ pub async fn run_pass(
     // start only once all invitations are done, instead of as soon as their members are.
     let team_permits = Semaphore::new(concurrency.max(1));
     let rivals = objects.rivals();
-    let refs = objects.refs_by_namespace();
+    let surroundings: Vec<TeamSurroundings> = objects
+        .team_memberships
+        .iter()
+        .map(|t| TeamSurroundings::of(t, &objects.team_memberships, &objects.org_users))
+        .collect();
     let deps = objects.dependencies();
-    let no_refs = BTreeMap::new();
     let (done_tx, done_rx): (Vec<_>, Vec<_>) = objects.org_users.iter().map(|_| watch::channel(false)).unzip();
     let done_tx = Arc::new(done_tx);
 
@@ -210,9 +204,7 @@ pub async fn run_pass(
         }
     });
     let team_runs = objects.team_memberships.iter().enumerate().map(|(i, object)| {
-        let (permits, deps, done_rx) = (&team_permits, &deps[i], &done_rx);
-        let namespace = object.metadata.namespace.clone().unwrap_or_default();
-        let refs = refs.get(&namespace).unwrap_or(&no_refs);
+        let (permits, deps, done_rx, around) = (&team_permits, &deps[i], &done_rx, &surroundings[i]);
         async move {
             // Members are reconciled in steps as their AtlasOrgUser objects finish, so a big
             // team is not left with all of its additions until its last member is invited.
@@ -236,7 +228,7 @@ pub async fn run_pass(
                 }
                 let _permit = permits.acquire().await.expect("never closed");
                 let this = current.as_ref().unwrap_or(object);
-                if let Ok(report) = reconcile_team_membership(client, index, this, refs, mode, now).await {
+                if let Ok(report) = reconcile_team_membership(client, index, this, around, mode, now, &InMemory).await {
                     earlier_events.extend(report.events);
                     if mode == Mode::Apply {
                         current = Some(AtlasTeamMembership { status: Some(report.status), ..this.clone() });
@@ -246,7 +238,7 @@ pub async fn run_pass(
             let outcome = {
                 let _permit = permits.acquire().await.expect("never closed");
                 let this = current.as_ref().unwrap_or(object);
-                let mut result = reconcile_team_membership(client, index, this, refs, mode, now).await;
+                let mut result = reconcile_team_membership(client, index, this, around, mode, now, &InMemory).await;
                 if let Ok(report) = result.as_mut() {
                     earlier_events.append(&mut report.events);
                     report.events = earlier_events;

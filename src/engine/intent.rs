@@ -1,27 +1,31 @@
-//! Write-ahead ownership: whatever an object will later take away, it records before it
-//! grants it, where the record survives a restart. The engine plans, and when the plan grants
-//! something the object's record does not hold yet it hands the new record to an
-//! [`IntentRecorder`] before the first Atlas call; if recording fails, nothing is sent.
-//!
-//! Generic over the status type, so every kind that owns things in Atlas (AtlasOrgUser's
-//! projects and teams, AtlasTeamMembership's added members) persists its record the same way.
+//! Write-ahead records: before a plan grants anything, the caller persists what the object is
+//! about to grant (its status with the intent in it), where it survives a restart; only then
+//! does the engine send the calls. If that write fails, nothing is sent. The team membership
+//! records the users it is about to add, the org user the projects and teams it is about to
+//! grant (`status.granted`): one hook for every grant an object must be able to take away.
 
 use std::future::Future;
 
-/// Persists an object's status carrying its new ownership record (the controller: a status
-/// apply to the API server). `Err` carries a message for the event and the log (never a
-/// credential).
-pub trait IntentRecorder<S>: Sync {
-    fn record(&self, intent: &S) -> impl Future<Output = Result<(), String>> + Send;
+/// Persists an object's write-ahead record (its status with the intended grants in it)
+/// before the engine sends the calls that make the grants. The controller writes the
+/// status subresource; a caller whose statuses live in memory for the run ([`InMemory`])
+/// has nothing to write ahead.
+pub trait PersistIntent<S>: Sync {
+    /// Persist `intent`; an error means no call is sent.
+    fn persist_intent(&self, intent: &S) -> impl Future<Output = Result<(), IntentError>> + Send;
 }
 
-/// The record lives only as long as the run, in the status the caller keeps (the one-shot
-/// `apply`, tests): recording always succeeds.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct InMemoryRecord;
+/// The write-ahead record could not be persisted, so no call was sent.
+#[derive(Debug, thiserror::Error)]
+#[error("recording what this object is about to grant failed, so nothing was sent to Atlas: {0}")]
+pub struct IntentError(pub String);
 
-impl<S: Sync> IntentRecorder<S> for InMemoryRecord {
-    async fn record(&self, _intent: &S) -> Result<(), String> {
+/// For `plan -f` / `apply -f` and tests: the status of the report carries the record.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct InMemory;
+
+impl<S: Sync> PersistIntent<S> for InMemory {
+    async fn persist_intent(&self, _intent: &S) -> Result<(), IntentError> {
         Ok(())
     }
 }

@@ -1,7 +1,8 @@
 //! The IO edge shared by the one-shot CLI and the controller: observe Atlas (through the
 //! per-org [`OrgUserIndex`] and the team member listing), plan with [`crate::reconcile`],
-//! execute the plan through the [`AtlasClient`], and build the status from what Atlas
-//! answered. Kubernetes is not touched here: callers write the status, events and finalizers.
+//! have the caller persist the write-ahead record ([`PersistIntent`]), execute the plan
+//! through the [`AtlasClient`], and build the status from what Atlas answered. Kubernetes is
+//! not touched here: callers write the status, events and finalizers.
 
 pub mod driver;
 pub mod index;
@@ -21,11 +22,67 @@ use crate::atlas::{AtlasClient, AtlasError, ListOrgUsersQuery};
 use crate::reconcile::export::OrgSnapshot;
 use crate::reconcile::{
     Action, ActionError, ActionOutcome, Claim, ErrorClass, FailureMode, ObservedTeam, OrgUserDirectory, OrgUserInput,
-    OrgUserPlan, Plan, TeamInput, TeamPlan, contradicts_observation, org_user_status, plan_org_user,
-    plan_team_membership, team_membership_status,
+    OrgUserPlan, Plan, TeamInput, TeamPlan, TeamWriter, contradicts_observation, org_user_status, plan_org_user,
+    plan_team_membership, team_intent, team_membership_status,
 };
 pub use index::OrgUserIndex;
-pub use intent::{InMemoryRecord, IntentRecorder};
+pub use intent::{InMemory, IntentError, PersistIntent};
+
+/// Why a reconcile could not be carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// Atlas could not be read (no plan), or refused as a whole.
+    #[error(transparent)]
+    Atlas(#[from] AtlasError),
+    /// The write-ahead record was not persisted: no call was sent.
+    #[error(transparent)]
+    Intent(#[from] IntentError),
+}
+
+/// What a team membership's reconcile needs to know about the other objects.
+#[derive(Clone, Debug, Default)]
+pub struct TeamSurroundings {
+    /// AtlasOrgUser names of the object's namespace -> their usernames (for `orgUserRef`).
+    pub org_user_refs: BTreeMap<String, String>,
+    /// Every other object writing teams of the object's organization.
+    pub writers: Vec<TeamWriter>,
+}
+
+impl TeamSurroundings {
+    /// From the objects a caller knows (the controller's stores, or the files of `apply -f`):
+    /// `object`'s namespace resolves its `orgUserRef`s; every other AtlasTeamMembership and
+    /// every AtlasOrgUser with `teamIds` of the same organization is a writer.
+    pub fn of<'a>(
+        object: &AtlasTeamMembership,
+        teams: impl IntoIterator<Item = &'a AtlasTeamMembership>,
+        org_users: impl IntoIterator<Item = &'a AtlasOrgUser> + Clone,
+    ) -> Self {
+        // AtlasOrgUser name -> username, per namespace: one scan of the org users.
+        let mut refs: std::collections::HashMap<Option<String>, BTreeMap<String, String>> = Default::default();
+        for u in org_users.clone() {
+            refs.entry(u.metadata.namespace.clone())
+                .or_default()
+                .insert(u.metadata.name.clone().unwrap_or_default(), u.spec.username.clone());
+        }
+        let no_refs = BTreeMap::new();
+        let refs_in = |namespace: &Option<String>| refs.get(namespace).unwrap_or(&no_refs);
+        let org_id = &object.spec.org_id;
+        let me = Claim::of(&object.metadata);
+        let mut writers: Vec<TeamWriter> = teams
+            .into_iter()
+            .filter(|t| t.spec.org_id == *org_id && Claim::of(&t.metadata) != me)
+            .map(|t| TeamWriter::of_team_membership(t, refs_in(&t.metadata.namespace)))
+            .collect();
+        writers.extend(
+            org_users
+                .clone()
+                .into_iter()
+                .filter(|u| u.spec.org_id == *org_id && u.metadata.deletion_timestamp.is_none())
+                .flat_map(TeamWriter::of_org_user),
+        );
+        Self { org_user_refs: refs_in(&object.metadata.namespace).clone(), writers }
+    }
+}
 
 /// Whether a reconcile writes to Atlas.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -216,8 +273,9 @@ const INDEPENDENT_CALLS_IN_FLIGHT: usize = 8;
 /// Run the plan's actions, one outcome per action in plan order; after a failure the plan's
 /// [`Plan::continue_after`] decides whether to go on, and the actions not yet started are
 /// `Skipped`. A sequential plan runs one call at a time; the calls of an independent plan
-/// (one team member each) overlap, a few at a time. `seen` gets each action with its
-/// outcome as it completes, and any user Atlas reported on the way.
+/// (one team member each) overlap, a few at a time, phase by phase ([`Action::phase`]):
+/// every removal has finished before the first addition starts. `seen` gets each action with
+/// its outcome as it completes, and any user Atlas reported on the way.
 async fn execute_observed(
     client: &AtlasClient,
     plan: &Plan,
@@ -230,33 +288,42 @@ async fn execute_observed(
     };
     let stopped = std::sync::atomic::AtomicBool::new(false);
     let mut outcomes = Vec::with_capacity(plan.actions.len());
-    // Indices rather than `&Action` items: a closure over references would make the future
-    // lose `Send` (a higher-ranked lifetime the compiler cannot prove).
-    let mut runs = futures::stream::iter(0..plan.actions.len())
-        .map(|i| {
-            let (stopped, action) = (&stopped, &plan.actions[i]);
-            async move {
-                if stopped.load(std::sync::atomic::Ordering::Relaxed) {
-                    return (action, None);
+    let mut start = 0;
+    while start < plan.actions.len() {
+        // One phase: the run of actions with the same phase (a sequential plan runs one at a
+        // time anyway).
+        let phase = plan.actions[start].phase();
+        let end =
+            plan.actions[start..].iter().position(|a| a.phase() != phase).map_or(plan.actions.len(), |n| start + n);
+        // Indices rather than `&Action` items: a closure over references would make the future
+        // lose `Send` (a higher-ranked lifetime the compiler cannot prove).
+        let mut runs = futures::stream::iter(start..end)
+            .map(|i| {
+                let (stopped, action) = (&stopped, &plan.actions[i]);
+                async move {
+                    if stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                        return (action, None);
+                    }
+                    let executed = run_action(client, action).await;
+                    if let Some(error) = executed.outcome.error()
+                        && !plan.continue_after(error)
+                    {
+                        stopped.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    (action, Some(executed))
                 }
-                let executed = run_action(client, action).await;
-                if let Some(error) = executed.outcome.error()
-                    && !plan.continue_after(error)
-                {
-                    stopped.store(true, std::sync::atomic::Ordering::Relaxed);
+            })
+            .buffered(in_flight);
+        while let Some((action, executed)) = runs.next().await {
+            match executed {
+                Some(executed) => {
+                    seen(action, &executed.outcome, executed.existing.as_ref());
+                    outcomes.push(executed.outcome);
                 }
-                (action, Some(executed))
+                None => outcomes.push(ActionOutcome::Skipped),
             }
-        })
-        .buffered(in_flight);
-    while let Some((action, executed)) = runs.next().await {
-        match executed {
-            Some(executed) => {
-                seen(action, &executed.outcome, executed.existing.as_ref());
-                outcomes.push(executed.outcome);
-            }
-            None => outcomes.push(ActionOutcome::Skipped),
         }
+        start = end;
     }
     outcomes
 }
@@ -324,14 +391,16 @@ fn team_key(team: &TeamRef) -> Option<String> {
 }
 
 /// [`observe_team`], with the team's id and name remembered by the index: one member
-/// listing per call while the team is known.
+/// listing per call while the team is known. A name is always looked up afresh (it is
+/// resolved once, then the object is pinned to the id), so a renamed team is never taken
+/// for the old name.
 pub async fn observe_team_indexed(
     client: &AtlasClient,
     index: &OrgUserIndex,
     org_id: &str,
     team: &TeamRef,
 ) -> Result<Option<ObservedTeam>, AtlasError> {
-    if let Some(known) = team_key(team).and_then(|key| index.team(client, org_id, &key)) {
+    if let Some(known) = team_key(team).filter(|_| team.id.is_some()).and_then(|key| index.team(client, org_id, &key)) {
         match members_of(client, org_id, known.clone()).await? {
             Some(observed) => return Ok(Some(observed)),
             // Deleted, or (by name) replaced: look it up again.
@@ -460,7 +529,7 @@ pub fn flag_expiring_invitation(
 }
 
 /// Observe, plan, (in [`Mode::Apply`]) execute, and build the status of one AtlasOrgUser,
-/// with the ownership record held in memory only ([`InMemoryRecord`]: the one-shot CLI, whose
+/// with the ownership record held in memory only ([`InMemory`]: the one-shot CLI, whose
 /// statuses live for the run). See [`reconcile_org_user_recorded`].
 pub async fn reconcile_org_user(
     client: &AtlasClient,
@@ -470,7 +539,7 @@ pub async fn reconcile_org_user(
     mode: Mode,
     now: Timestamp,
 ) -> Result<OrgUserReport, AtlasError> {
-    reconcile_org_user_recorded(client, index, object, rivals, mode, now, &InMemoryRecord).await
+    reconcile_org_user_recorded(client, index, object, rivals, mode, now, &InMemory).await
 }
 
 /// One round: plan from `input`, persist the ownership record first when the plan grants
@@ -487,7 +556,7 @@ async fn org_user_round(
     index: &OrgUserIndex,
     input: &OrgUserInput<'_>,
     mode: Mode,
-    recorder: &impl IntentRecorder<AtlasOrgUserStatus>,
+    recorder: &impl PersistIntent<AtlasOrgUserStatus>,
 ) -> Round {
     let plan = plan_org_user(input);
     // This user's record, kept up to date with what the calls return.
@@ -498,7 +567,7 @@ async fn org_user_round(
     if plan.record_first {
         let intent =
             AtlasOrgUserStatus { granted: plan.granted.clone(), ..input.previous.cloned().unwrap_or_default() };
-        if let Err(why) = recorder.record(&intent).await {
+        if let Err(why) = recorder.persist_intent(&intent).await.map_err(|e| e.0) {
             let outcomes = plan.plan.actions.iter().map(|_| ActionOutcome::Skipped).collect();
             return Round { plan, outcomes, mine, unrecorded: Some(why) };
         }
@@ -532,7 +601,7 @@ pub async fn reconcile_org_user_recorded(
     rivals: &[Claim],
     mode: Mode,
     now: Timestamp,
-    recorder: &impl IntentRecorder<AtlasOrgUserStatus>,
+    recorder: &impl PersistIntent<AtlasOrgUserStatus>,
 ) -> Result<OrgUserReport, AtlasError> {
     let org_id = object.spec.org_id.as_str();
     let directory = index.shared_directory(client, org_id).await?;
@@ -622,25 +691,79 @@ fn team_events(plan: &TeamPlan, outcomes: &[ActionOutcome], team: Option<&Observ
     events
 }
 
-/// Observe, plan, (in [`Mode::Apply`]) execute, and build the status of one
-/// AtlasTeamMembership. `org_user_refs` maps AtlasOrgUser names of the object's namespace to
-/// their usernames. `Err` means no plan could be made (users or team could not be read).
+/// The team an AtlasTeamMembership manages: the one pinned in `status.teamId` once
+/// resolved, else what `spec.team` names.
+pub async fn observe_pinned_team(
+    client: &AtlasClient,
+    index: &OrgUserIndex,
+    object: &AtlasTeamMembership,
+) -> Result<Option<ObservedTeam>, AtlasError> {
+    let org_id = object.spec.org_id.as_str();
+    match object.status.as_ref().and_then(|s| s.team_id.clone()) {
+        Some(id) => observe_team_indexed(client, index, org_id, &TeamRef { id: Some(id), name: None }).await,
+        None => observe_team_indexed(client, index, org_id, &object.spec.team).await,
+    }
+}
+
+/// Direct reads of the recorded users the team listing did not show: user id -> whether
+/// Atlas has them in the team (a user gone from the organization is not).
+pub async fn read_recorded_members(
+    client: &AtlasClient,
+    object: &AtlasTeamMembership,
+    team: &ObservedTeam,
+) -> Result<BTreeMap<String, bool>, AtlasError> {
+    let Some(status) = object.status.as_ref() else { return Ok(BTreeMap::new()) };
+    if status.team_id.as_deref().is_some_and(|pinned| pinned != team.id) {
+        return Ok(BTreeMap::new());
+    }
+    let mut reads = BTreeMap::new();
+    for entry in status.added_members.iter().filter(|a| !team.contains(&a.user_id)) {
+        let in_team = match client.get_org_user(&object.spec.org_id, &entry.user_id).await {
+            Ok(user) => user.team_ids.contains(&team.id),
+            Err(e) if is_not_found(&e) => false,
+            Err(e) => return Err(e),
+        };
+        reads.insert(entry.user_id.clone(), in_team);
+    }
+    Ok(reads)
+}
+
+/// Observe, plan, (in [`Mode::Apply`]) persist the write-ahead record through `intent`,
+/// execute, and build the status of one AtlasTeamMembership. `Err` means no plan could be
+/// made (users or team could not be read) or the record could not be persisted (nothing
+/// was sent).
 pub async fn reconcile_team_membership(
     client: &AtlasClient,
     index: &OrgUserIndex,
     object: &AtlasTeamMembership,
-    org_user_refs: &BTreeMap<String, String>,
+    around: &TeamSurroundings,
     mode: Mode,
     now: Timestamp,
-) -> Result<TeamReport, AtlasError> {
+    intent: &impl PersistIntent<AtlasTeamMembershipStatus>,
+) -> Result<TeamReport, EngineError> {
     let org_id = object.spec.org_id.as_str();
     let directory = index.shared_directory(client, org_id).await?;
-    let team = observe_team_indexed(client, index, org_id, &object.spec.team).await?;
-    let input = TeamInput::from_object(object, team.as_ref(), &directory, org_user_refs, now);
+    let team = observe_pinned_team(client, index, object).await?;
+    let direct_reads = match &team {
+        Some(team) => read_recorded_members(client, object, team).await?,
+        None => BTreeMap::new(),
+    };
+    let input = TeamInput::from_object(
+        object,
+        team.as_ref(),
+        &directory,
+        &around.org_user_refs,
+        &direct_reads,
+        &around.writers,
+        now,
+    );
     let plan = plan_team_membership(&input);
     let mut fresh_team = team.clone();
     let asked_by = driver::display_name(&object.metadata);
     let (outcomes, fresh_directory) = if mode == Mode::Apply && !plan.plan.actions.is_empty() {
+        if let Some(record) = team_intent(&input, &plan) {
+            intent.persist_intent(&record).await?;
+        }
         let mut fresh_directory = directory.as_ref().clone();
         let outcomes = execute_observed(client, &plan.plan, |action, outcome, _| {
             notices::audit("AtlasTeamMembership", &asked_by, action, outcome);

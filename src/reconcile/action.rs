@@ -74,6 +74,15 @@ impl Action {
         }
     }
 
+    /// The executor's phase of the call in an independent plan: removals (0) all finish
+    /// before the additions (1) start.
+    pub fn phase(&self) -> u8 {
+        match self {
+            Action::RemoveTeamUser { .. } => 0,
+            _ => 1,
+        }
+    }
+
     /// The username the call is about.
     pub fn username(&self) -> &str {
         match self {
@@ -161,5 +170,7 @@ pub enum FailureMode {
     Sequential,
     /// Calls are independent (one team member each): a refusal for one member does not stop the
     /// others; only failures that would hit every call (auth, rate limit, outage) stop the plan.
+    /// They may overlap, except that every removal finishes before the first addition starts
+    /// (at Atlas's limit of 250 users a team, the additions need the room).
     Independent,
 }

@@ -6,10 +6,12 @@
 //! 1. observe: build an [`OrgUserDirectory`] (every user of the org, all statuses) and, for a
 //!    team, an [`ObservedTeam`];
 //! 2. plan: [`plan_org_user`] / [`plan_team_membership`];
-//! 3. execute `plan.actions` in order through the client, recording one [`ActionOutcome`] per
+//! 3. for a team, persist [`team_intent`] (the write-ahead record of the users about to be
+//!    added; the engine's `PersistIntent` hook) before any call; if that fails, send nothing;
+//! 4. execute `plan.actions` in order through the client, recording one [`ActionOutcome`] per
 //!    action, stopping when [`Plan::continue_after`] says so (the rest are `Skipped`), and
 //!    feeding each outcome to [`OrgUserDirectory::apply`] / [`ObservedTeam::apply`];
-//! 4. status: [`org_user_status`] / [`team_membership_status`] from the plan, the outcomes and
+//! 5. status: [`org_user_status`] / [`team_membership_status`] from the plan, the outcomes and
 //!    the updated observation; conditions keep `lastTransitionTime` unless they flip.
 
 mod action;
@@ -37,7 +39,10 @@ pub use org_user::{
 pub use outcome::{
     ActionError, ActionOutcome, ErrorClass, continue_after, contradicts_observation, failure_reason, waiting_may_fix,
 };
-pub use team::{MemberDisposition, PlannedMember, TeamInput, TeamPlan, plan_team_membership, team_membership_status};
+pub use team::{
+    MemberDisposition, PlannedMember, TeamInput, TeamPlan, TeamWriter, WriterKind, plan_team_membership, team_intent,
+    team_membership_status,
+};
 
 use outcome::{Settled, settle};
 
@@ -60,6 +65,7 @@ pub mod reasons {
     pub const MEMBERS_NOT_IN_ORG: &str = "MembersNotInOrg";
     pub const ORG_USER_REF_NOT_FOUND: &str = "OrgUserRefNotFound";
     pub const UNKNOWN_MEMBERSHIP_STATUS: &str = "UnknownMembershipStatus";
+    pub const TEAM_CHANGED: &str = "TeamChanged";
 }
 
 /// One Kubernetes object claiming something in Atlas: who it is and when it was created.
@@ -131,6 +137,10 @@ pub enum Hold {
     ReinviteBackoff { username: String, at: String, reinvitations: u32 },
     /// Atlas reports an `orgMembershipStatus` this operator does not know: no call is made.
     UnknownMembershipStatus { username: String },
+    /// The spec names another team than the one the object is pinned to (`status.teamId`).
+    TeamChanged { pinned: String, named: String },
+    /// An older Exclusive AtlasTeamMembership owns the team.
+    TeamConflict { owner: String },
 }
 
 impl Hold {
@@ -145,6 +155,8 @@ impl Hold {
             Hold::TeamNotFound { .. } => reasons::TEAM_NOT_FOUND,
             Hold::ReinviteBackoff { .. } => reasons::INVITATION_REJECTED,
             Hold::UnknownMembershipStatus { .. } => reasons::UNKNOWN_MEMBERSHIP_STATUS,
+            Hold::TeamChanged { .. } => reasons::TEAM_CHANGED,
+            Hold::TeamConflict { .. } => reasons::CONFLICT,
         }
     }
 
@@ -222,6 +234,17 @@ impl fmt::Display for Hold {
             Hold::UnknownMembershipStatus { username } => write!(
                 f,
                 "Atlas reports a membership status for {username} this operator does not know: nothing is changed until the operator is upgraded"
+            ),
+            Hold::TeamChanged { pinned, named } => write!(
+                f,
+                "spec.team now names team {named}, but this object manages team {pinned} (status.teamId) and never \
+                 moves: nothing was changed; to manage another team create a new AtlasTeamMembership (deleting this \
+                 one removes the members it added)"
+            ),
+            Hold::TeamConflict { owner } => write!(
+                f,
+                "{owner} (older, Exclusive) already declares the members of this team; this Exclusive object makes no \
+                 call: make it Additive, or delete one of the two"
             ),
         }
     }

@@ -1,5 +1,17 @@
 //! AtlasTeamMembership: resolve members to org users, add the missing ones, remove the
 //! ones this object may remove (Additive: only those it added; Exclusive: everyone unlisted).
+//!
+//! Ownership, write-ahead: `status.addedMembers` is the record of the users this object added
+//! to the team `status.teamId`. [`team_intent`] is the record with the plan's additions in it,
+//! which the caller persists before any `:addUser` is sent; an entry leaves the record only
+//! after Atlas confirmed its removal, or a direct read of the user (not the team listing)
+//! showed them outside the team ([`TeamInput::direct_reads`]).
+//!
+//! One writer per team: [`TeamWriter`]s are the other objects writing the same team. The
+//! oldest `Exclusive` object owns the team; a younger one is held (`Conflict`) and wants
+//! nothing. Nobody removes a user another writer of the team wants (an `AtlasOrgUser` naming
+//! the team in `teamIds`, or an Additive AtlasTeamMembership listing them): Exclusive counts
+//! them as listed.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -13,7 +25,7 @@ use super::outcome::{ActionError, ActionOutcome, Settled, settle};
 use super::{Claim, Hold, Plan, paused_condition, reasons};
 use crate::api::conditions::{self, DesiredCondition};
 use crate::api::{
-    AddedMember, AtlasTeamMembership, AtlasTeamMembershipSpec, AtlasTeamMembershipStatus, DeletionPolicy,
+    AddedMember, AtlasOrgUser, AtlasTeamMembership, AtlasTeamMembershipSpec, AtlasTeamMembershipStatus, DeletionPolicy,
     MAX_TEAM_MEMBERS, MemberState, MemberStatus, MembershipMode,
 };
 use crate::atlas::models::{MembershipStatus, codes};
@@ -35,16 +47,105 @@ pub struct TeamInput<'a> {
     pub directory: &'a OrgUserDirectory,
     /// `spec.username` of each AtlasOrgUser in this object's namespace, by object name.
     pub org_user_refs: &'a BTreeMap<String, String>,
+    /// Recorded users the team listing did not show, read one by one: user id -> whether
+    /// Atlas has them in the team. Only a `false` here lets an entry leave the record.
+    pub direct_reads: &'a BTreeMap<String, bool>,
+    /// The other objects that write teams of this organization (any team: the planner
+    /// keeps those of this one).
+    pub writers: &'a [TeamWriter],
     pub now: Timestamp,
+}
+
+/// What kind of writer another object is.
+#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum WriterKind {
+    /// An AtlasTeamMembership in Exclusive mode: it declares the whole team.
+    Exclusive,
+    /// An AtlasTeamMembership in Additive mode.
+    Additive,
+    /// An AtlasOrgUser naming the team in `spec.teamIds`.
+    OrgUserTeamIds,
+}
+
+/// Another object that writes the members of a team.
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TeamWriter {
+    pub claim: Claim,
+    pub kind: WriterKind,
+    /// The team's id (pinned in its status, or from its spec), when known.
+    pub team_id: Option<String>,
+    /// The team's name from its spec, when it names the team and has not pinned an id yet.
+    pub team_name: Option<String>,
+    /// Usernames it wants in the team (`orgUserRef`s resolved; unresolved ones left out).
+    pub usernames: Vec<String>,
+}
+
+impl TeamWriter {
+    /// An AtlasTeamMembership as a writer; `org_user_refs` resolves its `orgUserRef`s (its namespace).
+    pub fn of_team_membership(object: &AtlasTeamMembership, org_user_refs: &BTreeMap<String, String>) -> Self {
+        let spec = &object.spec;
+        let pinned = object.status.as_ref().and_then(|s| s.team_id.clone());
+        Self {
+            claim: Claim::of(&object.metadata),
+            kind: match spec.mode {
+                MembershipMode::Exclusive => WriterKind::Exclusive,
+                MembershipMode::Additive => WriterKind::Additive,
+            },
+            team_name: if pinned.is_none() && spec.team.id.is_none() { spec.team.name.clone() } else { None },
+            team_id: pinned.or_else(|| spec.team.id.clone()),
+            // An object being deleted still owns (an older Exclusive one holds the younger
+            // until it is gone) but wants nobody any more.
+            usernames: spec
+                .members
+                .iter()
+                .filter(|_| object.metadata.deletion_timestamp.is_none())
+                .filter_map(|m| {
+                    m.username
+                        .clone()
+                        .or_else(|| m.org_user_ref.as_ref().and_then(|r| org_user_refs.get(&r.name)).cloned())
+                })
+                .collect(),
+        }
+    }
+
+    /// An AtlasOrgUser as a writer of each team in its `spec.teamIds`.
+    pub fn of_org_user(object: &AtlasOrgUser) -> Vec<Self> {
+        object
+            .spec
+            .team_ids
+            .iter()
+            .map(|id| Self {
+                claim: Claim::of(&object.metadata),
+                kind: WriterKind::OrgUserTeamIds,
+                team_id: Some(id.clone()),
+                team_name: None,
+                usernames: vec![object.spec.username.clone()],
+            })
+            .collect()
+    }
+
+    /// Whether it writes `team`.
+    pub fn writes(&self, team: &ObservedTeam) -> bool {
+        match (&self.team_id, &self.team_name) {
+            (Some(id), _) => *id == team.id,
+            (None, Some(name)) => name.eq_ignore_ascii_case(&team.name),
+            (None, None) => false,
+        }
+    }
 }
 
 impl<'a> TeamInput<'a> {
     /// The input for a stored object.
+    #[allow(clippy::too_many_arguments)]
     pub fn from_object(
         object: &'a AtlasTeamMembership,
         team: Option<&'a ObservedTeam>,
         directory: &'a OrgUserDirectory,
         org_user_refs: &'a BTreeMap<String, String>,
+        direct_reads: &'a BTreeMap<String, bool>,
+        writers: &'a [TeamWriter],
         now: Timestamp,
     ) -> Self {
         let meta = &object.metadata;
@@ -58,12 +159,31 @@ impl<'a> TeamInput<'a> {
             team,
             directory,
             org_user_refs,
+            direct_reads,
+            writers,
             now,
         }
     }
 
+    /// The record of users this object added: those of the pinned team only (a record of
+    /// another team says nothing about this one).
     fn added(&self) -> &'a [AddedMember] {
-        self.previous.map(|s| s.added_members.as_slice()).unwrap_or_default()
+        let Some(previous) = self.previous else { return &[] };
+        match (&previous.team_id, self.team) {
+            (Some(pinned), Some(team)) if *pinned != team.id => &[],
+            _ => previous.added_members.as_slice(),
+        }
+    }
+
+    /// Whether Atlas has the user in the team: the listing, or for a recorded user it missed,
+    /// a direct read.
+    fn in_team(&self, team: &ObservedTeam, user_id: &str) -> bool {
+        team.contains(user_id) || self.direct_reads.get(user_id) == Some(&true)
+    }
+
+    /// The other writers of `team` (never this object).
+    fn writers_of<'t>(&'t self, team: &'t ObservedTeam) -> impl Iterator<Item = &'a TeamWriter> + 't {
+        self.writers.iter().filter(move |w| w.claim != self.claim && w.writes(team))
     }
 }
 
@@ -129,7 +249,7 @@ fn resolve(input: &TeamInput) -> Vec<PlannedMember> {
                 Some(u) if !u.org_membership_status.is_in_org() => {
                     MemberDisposition::NotInOrg(Some(u.org_membership_status))
                 }
-                Some(u) if input.team.is_some_and(|t| t.contains(&u.id)) => {
+                Some(u) if input.team.is_some_and(|t| input.in_team(t, &u.id)) => {
                     MemberDisposition::InTeam(u.org_membership_status)
                 }
                 Some(u) => MemberDisposition::ToAdd(u.org_membership_status),
@@ -148,13 +268,57 @@ pub fn plan_team_membership(input: &TeamInput) -> TeamPlan {
         return held(Hold::Paused, members);
     }
     let mut plan = Plan::new(FailureMode::Independent, input.deleting);
+    let pinned = input.previous.and_then(|s| s.team_id.as_deref());
     let Some(team) = input.team else {
         if input.deleting {
             plan.notes.push("the team is not in Atlas: nothing to remove".into());
             return TeamPlan { plan, members };
         }
-        let team = spec.team.id.clone().or_else(|| spec.team.name.clone()).unwrap_or_default();
+        // A pinned team that is gone is not looked up by name again: a new team of that name
+        // is another team.
+        let team = match pinned {
+            Some(id) => {
+                format!("{id} (status.teamId: this object manages only it; for another team create a new object)")
+            }
+            None => spec.team.id.clone().or_else(|| spec.team.name.clone()).unwrap_or_default(),
+        };
         return held(Hold::TeamNotFound { team }, members);
+    };
+    // The object stays on the team it first resolved: a spec naming another one (admission
+    // refuses the change; `plan -f` may not) is held, never re-pointed.
+    if !input.deleting {
+        let changed_to = match (pinned, spec.team.id.as_deref()) {
+            (Some(p), _) if p != team.id => Some((p.to_string(), team.id.clone())),
+            (_, Some(named)) if named != team.id => Some((team.id.clone(), named.to_string())),
+            _ => None,
+        };
+        if let Some((pinned, named)) = changed_to {
+            return held(Hold::TeamChanged { pinned, named }, members);
+        }
+    }
+    let others: Vec<&TeamWriter> = input.writers_of(team).collect();
+    let older_exclusive: Vec<Claim> =
+        others.iter().filter(|w| w.kind == WriterKind::Exclusive).map(|w| w.claim.clone()).collect();
+    let owner = input.claim.owner(&older_exclusive);
+    let conflicted = spec.mode == MembershipMode::Exclusive && *owner != input.claim;
+    if conflicted && !input.deleting {
+        return held(Hold::TeamConflict { owner: owner.to_string() }, members);
+    }
+    // Exclusive declares the whole team, unless an older Exclusive object owns it.
+    let exclusive = spec.mode == MembershipMode::Exclusive && !conflicted;
+    // Users other writers want stay. A younger Exclusive object is held, so it wants nothing.
+    let wanted_elsewhere: BTreeMap<String, &TeamWriter> = others
+        .iter()
+        .filter(|w| w.kind != WriterKind::Exclusive)
+        .flat_map(|w| w.usernames.iter().map(move |u| (username_key(u), *w)))
+        .collect();
+    let mut kept = Vec::new();
+    let mut removable = |name: &str| match wanted_elsewhere.get(&username_key(name)) {
+        Some(w) => {
+            kept.push(format!("{name} (wanted by {})", w.claim));
+            false
+        }
+        None => true,
     };
     let remove = |user_id: &str, username: &str| Action::RemoveTeamUser {
         org_id: spec.org_id.clone(),
@@ -162,6 +326,12 @@ pub fn plan_team_membership(input: &TeamInput) -> TeamPlan {
         user_id: user_id.to_string(),
         username: username.to_string(),
     };
+    let recorded_in_team: Vec<(&str, &str)> = input
+        .added()
+        .iter()
+        .filter(|a| input.in_team(team, &a.user_id))
+        .map(|a| (a.user_id.as_str(), a.username.as_str()))
+        .collect();
 
     if input.deleting {
         if spec.deletion_policy == Some(DeletionPolicy::Orphan) {
@@ -169,18 +339,23 @@ pub fn plan_team_membership(input: &TeamInput) -> TeamPlan {
             return TeamPlan { plan, members };
         }
         // Delete removes what the object manages: the users it added, and in Exclusive mode
-        // (which declares the whole team) also the listed ones. Strangers stay.
-        let mut managed: BTreeMap<&str, &str> =
-            input.added().iter().map(|a| (a.user_id.as_str(), a.username.as_str())).collect();
-        if spec.mode == MembershipMode::Exclusive {
+        // (which declares the whole team) also the listed ones. Strangers stay, and so do
+        // users another writer of the team wants.
+        let mut managed: BTreeMap<&str, &str> = recorded_in_team.iter().copied().collect();
+        if exclusive {
             for m in &members {
-                if let (Some(id), Some(name)) = (&m.user_id, &m.username) {
+                if let (Some(id), Some(name)) = (&m.user_id, &m.username)
+                    && team.contains(id)
+                {
                     managed.insert(id, name);
                 }
             }
         }
         plan.actions =
-            managed.into_iter().filter(|(id, _)| team.contains(id)).map(|(id, name)| remove(id, name)).collect();
+            managed.into_iter().filter(|(_, name)| removable(name)).map(|(id, name)| remove(id, name)).collect();
+        if !kept.is_empty() {
+            plan.notes.push(format!("left in the team, other objects want them: {}", kept.join(", ")));
+        }
         return TeamPlan { plan, members };
     }
     if spec.members.len() > MAX_TEAM_MEMBERS {
@@ -191,15 +366,15 @@ pub fn plan_team_membership(input: &TeamInput) -> TeamPlan {
     let listed_names: BTreeSet<String> =
         members.iter().filter_map(|m| m.username.as_deref()).map(username_key).collect();
     let listed = |id: &str, name: &str| listed_ids.contains(id) || listed_names.contains(&username_key(name));
-    let candidates: Vec<(&str, &str)> = match spec.mode {
-        MembershipMode::Exclusive => team.members().filter(|(id, name)| !listed(id, name)).collect(),
-        MembershipMode::Additive => input
-            .added()
-            .iter()
-            .filter(|a| team.contains(&a.user_id) && !listed(&a.user_id, &a.username))
-            .map(|a| (a.user_id.as_str(), a.username.as_str()))
-            .collect(),
-    };
+    let mut candidates: BTreeMap<&str, &str> = recorded_in_team.iter().copied().collect();
+    if exclusive {
+        candidates.extend(team.members());
+    }
+    let candidates: Vec<(&str, &str)> =
+        candidates.into_iter().filter(|(id, name)| !listed(id, name) && removable(name)).collect();
+    if !kept.is_empty() {
+        plan.notes.push(format!("not removed, other objects of this team want them: {}", kept.join(", ")));
+    }
     let unresolved: Vec<&str> = members
         .iter()
         .filter(|m| m.disposition == MemberDisposition::Unresolved)
@@ -214,7 +389,8 @@ pub fn plan_team_membership(input: &TeamInput) -> TeamPlan {
             unresolved.join(", ")
         ));
     } else {
-        // Removals first: they make room under Atlas's limit of 250 users a team.
+        // Removals first: the executor finishes them before any addition starts, which makes
+        // room under Atlas's limit of 250 users a team.
         plan.actions.extend(candidates.into_iter().map(|(id, name)| remove(id, name)));
     }
     let mut adding = BTreeSet::new();
@@ -232,6 +408,33 @@ pub fn plan_team_membership(input: &TeamInput) -> TeamPlan {
         }
     }
     TeamPlan { plan, members }
+}
+
+/// The write-ahead record: what to persist before any call of `plan` is sent. It is the
+/// previous status with the team pinned (`teamId`) and every user the plan adds already in
+/// `addedMembers`, so a crash or a failed status write after `:addUser` still leaves the
+/// user owned. None when the plan makes no call or the record already says all of it.
+pub fn team_intent(input: &TeamInput, plan: &TeamPlan) -> Option<AtlasTeamMembershipStatus> {
+    let team = input.team?;
+    if plan.plan.actions.is_empty() {
+        return None;
+    }
+    let mut status = input.previous.cloned().unwrap_or_default();
+    let mut changed = status.team_id.as_deref() != Some(team.id.as_str());
+    status.team_id = Some(team.id.clone());
+    status.team_name.get_or_insert_with(|| team.name.clone());
+    let mut record: BTreeMap<String, String> =
+        input.added().iter().map(|a| (a.user_id.clone(), a.username.clone())).collect();
+    for action in &plan.plan.actions {
+        if let Action::AddTeamUser { user_id, username, .. } = action
+            && !record.contains_key(user_id)
+        {
+            record.insert(user_id.clone(), username.clone());
+            changed = true;
+        }
+    }
+    status.added_members = record.into_iter().map(|(user_id, username)| AddedMember { user_id, username }).collect();
+    changed.then_some(status)
 }
 
 /// The user ids whose AddTeamUser failed (or was not run), with the error if any.
@@ -263,11 +466,19 @@ pub fn team_membership_status(
     fresh_directory: &OrgUserDirectory,
     fresh_team: Option<&ObservedTeam>,
 ) -> AtlasTeamMembershipStatus {
-    let mut added: BTreeMap<String, String> =
-        input.added().iter().map(|a| (a.user_id.clone(), a.username.clone())).collect();
+    // The record: what was there, less users a direct read showed outside the team, plus the
+    // plan's additions (persisted ahead of the calls, so they stay until shown absent), less
+    // confirmed removals. A listing that misses someone never drops them.
+    let mut added: BTreeMap<String, String> = input
+        .added()
+        .iter()
+        .filter(|a| input.direct_reads.get(&a.user_id) != Some(&false))
+        .map(|a| (a.user_id.clone(), a.username.clone()))
+        .collect();
+    let executed = !outcomes.is_empty();
     for (i, action) in plan.plan.actions.iter().enumerate() {
         match (action, settle(action, outcomes.get(i))) {
-            (Action::AddTeamUser { user_id, username, .. }, Settled::Done) => {
+            (Action::AddTeamUser { user_id, username, .. }, _) if executed => {
                 added.insert(user_id.clone(), username.clone());
             }
             (Action::RemoveTeamUser { user_id, .. }, Settled::Done) => {
@@ -276,20 +487,21 @@ pub fn team_membership_status(
             _ => {}
         }
     }
-    if let Some(team) = fresh_team {
-        // Someone else removed them: nothing left for this object to remove.
-        added.retain(|id, _| team.contains(id));
-    }
+    let pinned = input.previous.and_then(|s| s.team_id.clone());
     let mut status = AtlasTeamMembershipStatus {
-        team_id: fresh_team.map(|t| t.id.clone()),
-        team_name: fresh_team.map(|t| t.name.clone()),
+        team_id: fresh_team.map(|t| t.id.clone()).or(pinned),
+        team_name: fresh_team.map(|t| t.name.clone()).or_else(|| input.previous.and_then(|s| s.team_name.clone())),
         member_count: fresh_team.map(|t| i32::try_from(t.len()).unwrap_or(i32::MAX)),
         added_members: added.into_iter().map(|(user_id, username)| AddedMember { user_id, username }).collect(),
         observed_generation: input.generation,
         ..Default::default()
     };
 
-    let now_status = AtlasTeamMembershipStatus { added_members: status.added_members.clone(), ..Default::default() };
+    let now_status = AtlasTeamMembershipStatus {
+        team_id: status.team_id.clone(),
+        added_members: status.added_members.clone(),
+        ..Default::default()
+    };
     let fresh_input =
         TeamInput { previous: Some(&now_status), team: fresh_team, directory: fresh_directory, ..input.clone() };
     let remaining = plan_team_membership(&fresh_input);
@@ -320,6 +532,14 @@ pub fn team_membership_status(
         Settled::Failed(e) if !(matches!(a, Action::AddTeamUser { .. }) && says_not_in_org(e)) => Some((a, e)),
         _ => None,
     });
+    // An addition refused while removals of the same plan are not done (the team may be
+    // full until they are) is retried, not stalled: the next pass removes first.
+    let removals_pending = plan
+        .plan
+        .actions
+        .iter()
+        .enumerate()
+        .any(|(i, a)| matches!(a, Action::RemoveTeamUser { .. }) && settle(a, outcomes.get(i)) != Settled::Done);
     let count = |state: MemberState| status.members.iter().filter(|m| m.state == state).count();
     let names = |state: MemberState| {
         status
@@ -338,8 +558,12 @@ pub fn team_membership_status(
             .enumerate()
             .filter(|(i, a)| matches!(settle(a, outcomes.get(*i)), Settled::Failed(_)))
             .count();
-        let message = format!("{failed} call(s) failed; first: {action}: {error}");
-        not_ready(&mut desired, !error.waiting_may_fix(), error.reason(), message);
+        let mut message = format!("{failed} call(s) failed; first: {action}: {error}");
+        let retried = matches!(action, Action::AddTeamUser { .. }) && removals_pending;
+        if retried {
+            message.push_str("; retried once the removals of this plan are done");
+        }
+        not_ready(&mut desired, !error.waiting_may_fix() && !retried, error.reason(), message);
     } else if let Some(hold) = &plan.plan.hold {
         if *hold == Hold::Paused {
             paused_condition(&mut desired, input.deleting, || {

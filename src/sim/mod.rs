@@ -242,6 +242,11 @@ impl SimState {
         }
     }
 
+    /// Renames a team, as a person would in the Atlas UI. False if there is no such team.
+    pub fn rename_team(&self, org_id: &str, team_id: &str, name: &str) -> bool {
+        self.shared.store.lock().rename_team(org_id, team_id, name)
+    }
+
     /// Puts a user into an organization as it stands (an ACTIVE member, a PENDING invitation
     /// sent now, ...), replacing any user with that username. Panics if the organization
     /// does not exist.

@@ -749,6 +749,17 @@ impl Store {
         Ok(())
     }
 
+    /// Renames a team (as a person would in the Atlas UI). False if there is no such team.
+    pub fn rename_team(&mut self, org_id: &str, team_id: &str, name: &str) -> bool {
+        match self.org_mut(org_id).ok().and_then(|org| org.team_mut(team_id)) {
+            Some(team) => {
+                team.name = name.to_string();
+                true
+            }
+            None => false,
+        }
+    }
+
     pub fn add_team_with_id(&mut self, org_id: &str, team_id: &str, name: &str) -> Result<(), ApiFailure> {
         let org = self.org_mut(org_id)?;
         if org.teams.iter().any(|t| t.id == team_id || t.name.eq_ignore_ascii_case(name)) {
