@@ -131,6 +131,8 @@ async fn operator_end_to_end() {
             format!("--namespace={}", ns.name),
             format!("--atlas-url={}", sim.base_url()),
             "--atlas-insecure-http".into(),
+            // The simulator has no invitation limit.
+            "--invitations-per-minute=0".into(),
             "--resync-interval=2s".into(),
             "--index-refresh-interval=1s".into(),
         ],

@@ -79,6 +79,7 @@ async fn only_the_leader_writes_and_a_follower_takes_over() {
         format!("--namespace={}", ns.name),
         format!("--atlas-url={}", sim.base_url()),
         "--atlas-insecure-http".into(),
+        "--invitations-per-minute=0".into(),
         "--resync-interval=2s".into(),
         "--leader-election".into(),
         format!("--lease-namespace={}", ns.name),

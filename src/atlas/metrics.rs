@@ -46,6 +46,13 @@ pub struct AtlasMetrics {
     pub request_duration: HistogramFamily,
     /// Service account token fetches.
     pub token_fetches: Family<TokenLabels, Counter>,
+    /// Exchanges that got no answer in time (`oauthToken`: the token endpoint): a wedged
+    /// dependency shows here.
+    pub timeouts: Family<OperationLabels, Counter>,
+    /// Invitations holding a place in the process's invitation queue.
+    pub invitations_queued: prometheus_client::metrics::gauge::Gauge,
+    /// Invitations Atlas refused with `INVITATIONS_RATE_LIMITED_IP`.
+    pub invitations_refused: Counter,
 }
 
 impl Default for AtlasMetrics {
@@ -57,6 +64,9 @@ impl Default for AtlasMetrics {
             throttled: Family::default(),
             request_duration: Family::new_with_constructor(latency_histogram),
             token_fetches: Family::default(),
+            timeouts: Family::default(),
+            invitations_queued: Default::default(),
+            invitations_refused: Counter::default(),
         }
     }
 }
@@ -82,6 +92,21 @@ impl AtlasMetrics {
             self.request_duration.clone(),
         );
         registry.register("atlas_token_fetches", "Service account token fetches", self.token_fetches.clone());
+        registry.register(
+            "atlas_timeouts",
+            "Atlas exchanges (oauthToken: token requests) without an answer in time",
+            self.timeouts.clone(),
+        );
+        registry.register(
+            "atlas_invitations_queued",
+            "Invitations waiting in the process's invitation queue",
+            self.invitations_queued.clone(),
+        );
+        registry.register(
+            "atlas_invitations_refused",
+            "Invitations refused by Atlas's per-IP limit (INVITATIONS_RATE_LIMITED_IP)",
+            self.invitations_refused.clone(),
+        );
     }
 
     pub(crate) fn call(&self, operation: &'static str, outcome: &'static str) {
@@ -102,6 +127,15 @@ impl AtlasMetrics {
 
     pub(crate) fn request_duration(&self, operation: &'static str, seconds: f64) {
         self.request_duration.get_or_create(&OperationLabels { operation }).observe(seconds);
+    }
+
+    pub(crate) fn timeout(&self, operation: &'static str) {
+        self.timeouts.get_or_create(&OperationLabels { operation }).inc();
+    }
+
+    /// Exchanges of `operation` (`oauthToken` for the token endpoint) that timed out so far.
+    pub fn timeout_count(&self, operation: &'static str) -> u64 {
+        self.timeouts.get(&OperationLabels { operation }).map_or(0, |c| c.get())
     }
 
     pub(crate) fn token_fetch(&self, outcome: &'static str) {

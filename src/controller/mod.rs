@@ -83,6 +83,14 @@ pub struct RunArgs {
     /// Objects reconciled at once, per kind.
     #[arg(long, default_value_t = 8)]
     pub concurrency: u16,
+    /// Invitations sent per minute by this process, all organizations and credentials
+    /// together (Atlas limits them per IP, about 10 a minute; replicas behind one NAT share
+    /// that limit); 0: no pacing.
+    #[arg(long, default_value_t = 10)]
+    pub invitations_per_minute: u32,
+    /// Time limit of one reconcile (a wedged Atlas holds a worker no longer).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub reconcile_timeout: Duration,
 }
 
 /// Everything reconciles share.
@@ -95,6 +103,8 @@ pub struct Context {
     pub org_users: Store<AtlasOrgUser>,
     pub resync_interval: Duration,
     pub deletion_protection: bool,
+    /// Time limit of one reconcile.
+    pub reconcile_timeout: Duration,
     backoff: Mutex<HashMap<String, u32>>,
 }
 
@@ -111,6 +121,8 @@ pub enum Error {
     Incomplete { message: String, retry_after: Option<Duration>, transient: bool },
     #[error("deletion blocked: {0}")]
     DeletionBlocked(String),
+    #[error("the reconcile did not finish within {}s (a wedged Atlas or token endpoint)", .0.as_secs())]
+    Timeout(Duration),
     #[error("{0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
@@ -140,7 +152,7 @@ impl Error {
             Error::Incomplete { retry_after: Some(d), .. } => Retry::After(*d),
             Error::Incomplete { transient: true, .. } => Retry::Backoff,
             Error::Incomplete { .. } => Retry::Slow,
-            Error::DeletionBlocked(_) => Retry::Backoff,
+            Error::DeletionBlocked(_) | Error::Timeout(_) => Retry::Backoff,
             Error::Finalizer(inner) => match inner.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => {
                     e.retry()
@@ -221,6 +233,7 @@ impl Context {
             org_users,
             resync_interval,
             deletion_protection,
+            reconcile_timeout: Duration::from_secs(300),
             backoff: Mutex::default(),
         }
     }
@@ -286,7 +299,8 @@ where
 {
     let started = Instant::now();
     let kind = K::kind(&()).to_string();
-    let result = f.await;
+    let result =
+        tokio::time::timeout(ctx.reconcile_timeout, f).await.unwrap_or(Err(Error::Timeout(ctx.reconcile_timeout)));
     let outcome = match &result {
         Ok(_) => {
             ctx.reset_backoff(&object_key(obj.as_ref()));
@@ -436,6 +450,13 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
     );
     template.insecure_http = args.atlas_insecure_http;
     template.metrics = atlas_metrics;
+    // One queue for the process: every client built from the template shares it.
+    template.invitations = match args.invitations_per_minute {
+        0 => crate::atlas::InvitationQueue::disabled(),
+        n => crate::atlas::InvitationQueue::per_minute(n),
+    };
+    // A turn further away is written to the status (position, ETA) and requeued instead.
+    template.invitation_max_wait = (args.reconcile_timeout / 3).min(Duration::from_secs(60));
     let clients = AtlasClients::new(template, default_secret);
 
     let wc = watcher_config(&args);
@@ -457,6 +478,7 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         org_users: org_users.clone(),
         resync_interval: args.resync_interval,
         deletion_protection: args.deletion_protection,
+        reconcile_timeout: args.reconcile_timeout,
         backoff: Mutex::default(),
     });
 
