@@ -133,7 +133,7 @@ pub struct CreateOutcome {
 
 enum Auth {
     Digest(DigestAuth),
-    Token(TokenCache),
+    Token(Box<TokenCache>),
 }
 
 /// What authenticated one request.
@@ -259,13 +259,13 @@ impl AtlasClient {
         });
         let auth = match config.credentials {
             Credentials::ApiKey { public_key, private_key } => Auth::Digest(DigestAuth::new(public_key, private_key)),
-            Credentials::ServiceAccount { client_id, client_secret } => Auth::Token(TokenCache::new(
+            Credentials::ServiceAccount { client_id, client_secret } => Auth::Token(Box::new(TokenCache::new(
                 client_id,
                 client_secret,
                 join_path(&base, &["api", "oauth", "token"]),
                 config.token_refresh_margin,
                 config.token_timeout,
-            )),
+            ))),
         };
         Ok(Self {
             inner: Arc::new(Inner {
