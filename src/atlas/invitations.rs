@@ -285,7 +285,8 @@ impl InvitationQueue {
                         per: self.inner.per,
                     });
                 }
-                let ahead_waiting = state.entries.range(..ticket).any(|(_, e)| e.waiting > 0);
+                // Disabled: no order and no limit on invitations in flight, only the pause.
+                let ahead_waiting = self.inner.enabled && state.entries.range(..ticket).any(|(_, e)| e.waiting > 0);
                 let blocked = ahead_waiting || (self.inner.enabled && state.in_flight);
                 if !blocked && place.eta.is_zero() {
                     if self.inner.enabled {
@@ -488,10 +489,14 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn disabled_never_waits() {
+    async fn disabled_never_waits_nor_serialises() {
         let queue = InvitationQueue::disabled();
+        let mut turns = Vec::new();
         for i in 0..50 {
-            queue.turn(&format!("org/u{i}"), Duration::ZERO).await.unwrap().sent();
+            turns.push(queue.turn(&format!("org/u{i}"), Duration::ZERO).await.unwrap());
+        }
+        for turn in turns {
+            turn.sent();
         }
         assert_eq!(queue.snapshot().sent, 50);
     }
