@@ -88,6 +88,8 @@ fn context_with_default(
         Credentials::ApiKey { public_key: String::new(), private_key: secrecy::SecretString::from(String::new()) },
     );
     template.insecure_http = true;
+    // The simulator has no invitation limit.
+    template.invitations = atlas_access_operator::atlas::InvitationQueue::disabled();
     let ctx = Context::new(
         kube,
         AtlasClients::new(template, default_secret.map(|(ns, name)| (ns.to_string(), name.to_string()))),

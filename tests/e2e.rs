@@ -133,6 +133,8 @@ async fn operator_end_to_end() {
             format!("--operator-namespace={}", ns.name),
             format!("--tenant-secrets-cluster-role={}", grant.tenant_role),
             "--atlas-insecure-http".into(),
+            // The simulator has no invitation limit.
+            "--invitations-per-minute=0".into(),
             "--resync-interval=2s".into(),
             "--index-refresh-interval=1s".into(),
         ],

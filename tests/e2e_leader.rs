@@ -81,6 +81,7 @@ async fn only_the_leader_writes_and_a_follower_takes_over() {
         format!("--operator-namespace={}", ns.name),
         format!("--tenant-secrets-cluster-role={}", grant.tenant_role),
         "--atlas-insecure-http".into(),
+        "--invitations-per-minute=0".into(),
         "--resync-interval=2s".into(),
         "--leader-election".into(),
         format!("--lease-namespace={}", ns.name),

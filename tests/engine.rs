@@ -39,6 +39,8 @@ fn client(sim: &SimHandle, retry: RetryPolicy) -> AtlasClient {
     config.insecure_http = true;
     config.retry = retry;
     config.limiter = OrgRateLimiter::disabled();
+    // The simulator has no invitation limit.
+    config.invitations = atlas_access_operator::atlas::InvitationQueue::disabled();
     AtlasClient::new(config).unwrap()
 }
 

@@ -109,7 +109,7 @@ fn apply_command(binary: &Path, dir: &Path, base_url: &str) -> tokio::process::C
         .args(["apply", "-f"])
         .arg(dir)
         .args(["--atlas-url", base_url, "--insecure-http", "--public-key", PUBLIC, "--private-key", PRIVATE])
-        .args(["--max-passes", "30", "--concurrency", "32"])
+        .args(["--max-passes", "30", "--concurrency", "32", "--invitations-per-minute", "0"])
         .env_remove("ATLAS_URL")
         .kill_on_drop(true);
     command

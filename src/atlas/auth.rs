@@ -14,7 +14,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 use url::Url;
 
-use super::error::{AtlasError, TOKEN_OPERATION, retry_after};
+use super::error::{AtlasError, TOKEN_OPERATION, TransportKind, retry_after};
 use super::metrics::AtlasMetrics;
 use super::models::TokenResponse;
 
@@ -285,6 +285,9 @@ pub(crate) struct TokenCache {
     client_secret: SecretString,
     token_url: Url,
     refresh_margin: Duration,
+    /// Time limit of one token request: the lock every caller of this credential waits on
+    /// is never held longer.
+    timeout: Duration,
     state: tokio::sync::Mutex<TokenState>,
     generations: AtomicU64,
     fetches_done: AtomicU64,
@@ -296,12 +299,14 @@ impl TokenCache {
         client_secret: SecretString,
         token_url: Url,
         refresh_margin: Duration,
+        timeout: Duration,
     ) -> Self {
         Self {
             client_id,
             client_secret,
             token_url,
             refresh_margin,
+            timeout,
             state: tokio::sync::Mutex::new(TokenState::default()),
             generations: AtomicU64::new(0),
             fetches_done: AtomicU64::new(0),
@@ -327,7 +332,17 @@ impl TokenCache {
         {
             return Err(err.clone());
         }
-        let fetched = self.fetch(http).await;
+        let fetched = match tokio::time::timeout(self.timeout, self.fetch(http)).await {
+            Ok(fetched) => fetched,
+            Err(_) => Err(AtlasError::Transport {
+                operation: TOKEN_OPERATION,
+                kind: TransportKind::Timeout,
+                message: format!("no token within {}s", self.timeout.as_secs_f64()),
+            }),
+        };
+        if let Err(AtlasError::Transport { kind: TransportKind::Timeout, .. }) = &fetched {
+            metrics.timeout(TOKEN_OPERATION);
+        }
         self.fetches_done.fetch_add(1, Ordering::Release);
         metrics.token_fetch(if fetched.is_ok() { "success" } else { "failure" });
         match fetched {
@@ -365,6 +380,7 @@ impl TokenCache {
     async fn fetch(&self, http: &reqwest::Client) -> Result<TokenResponse, AtlasError> {
         let response = http
             .post(self.token_url.clone())
+            .timeout(self.timeout)
             .basic_auth(&self.client_id, Some(self.client_secret.expose_secret()))
             .header(reqwest::header::ACCEPT, "application/json")
             .form(&[("grant_type", "client_credentials")])

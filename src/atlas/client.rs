@@ -15,8 +15,10 @@ use tracing::{debug, warn};
 use url::Url;
 
 use super::auth::{DigestAuth, TokenCache};
+use super::credential::CredentialHealth;
 use super::endpoint::{Operation, is_atlas_id};
-use super::error::{AtlasError, ErrorClass, api_error, header_u32};
+use super::error::{AtlasError, ErrorClass, TransportKind, api_error, header_u32};
+use super::invitations::InvitationQueue;
 use super::limiter::{OrgRateLimiter, RateLimitSnapshot};
 use super::metrics::AtlasMetrics;
 use super::models::{
@@ -78,9 +80,21 @@ pub struct ClientConfig {
     pub retry: RetryPolicy,
     /// HTTP requests of this client in flight at once.
     pub max_concurrency: usize,
-    /// Time limit of one HTTP exchange (one attempt).
+    /// Time limit of one HTTP exchange (one attempt), connection included.
     pub timeout: Duration,
     pub connect_timeout: Duration,
+    /// Time limit of one service account token request (the token lock is held no longer).
+    pub token_timeout: Duration,
+    /// The invitation queue (`createOrgUser`): one per process, shared by every client.
+    pub invitations: InvitationQueue,
+    /// An invitation whose turn is further away returns [`AtlasError::InvitationQueued`]
+    /// instead of waiting (and keeps its place).
+    pub invitation_max_wait: Duration,
+    /// After Atlas refuses these credentials, calls fail fast this long; then one probes.
+    pub auth_backoff: Duration,
+    /// How errors name these credentials (the controller: `Secret NAMESPACE/NAME`); by
+    /// default the public key or client id (never a secret half).
+    pub credential_name: Option<String>,
     /// Fetch a new service account token this long before the current one expires
     /// (at most half the token's lifetime).
     pub token_refresh_margin: Duration,
@@ -104,6 +118,11 @@ impl ClientConfig {
             max_concurrency: 16,
             timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
+            token_timeout: Duration::from_secs(15),
+            invitations: InvitationQueue::default(),
+            invitation_max_wait: Duration::from_secs(60),
+            auth_backoff: Duration::from_secs(30),
+            credential_name: None,
             token_refresh_margin: Duration::from_secs(600),
             page_size: MAX_ITEMS_PER_PAGE,
             limiter: OrgRateLimiter::default(),
@@ -142,7 +161,7 @@ pub struct CreateOutcome {
 
 enum Auth {
     Digest(DigestAuth),
-    Token(TokenCache),
+    Token(Box<TokenCache>),
 }
 
 /// What authenticated one request.
@@ -162,6 +181,9 @@ struct Inner {
     page_size: u32,
     concurrency: Semaphore,
     limiter: OrgRateLimiter,
+    invitations: InvitationQueue,
+    invitation_max_wait: Duration,
+    health: CredentialHealth,
     metrics: AtlasMetrics,
     deprecations_logged: Mutex<HashSet<Operation>>,
 }
@@ -186,8 +208,11 @@ impl std::fmt::Debug for AtlasClient {
 /// One request, ready to send (again).
 struct Request {
     op: Operation,
+    org_id: String,
     /// The limiter's key: organization and operation group.
     pace_key: String,
+    /// An invitation's ticket in the invitation queue: organization and username.
+    queue_key: Option<String>,
     url: Url,
     body: Option<Vec<u8>>,
 }
@@ -252,18 +277,25 @@ impl AtlasClient {
             // Atlas does not redirect API calls; following one could carry credentials elsewhere.
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(config.connect_timeout)
+            // Every exchange has a deadline, the token request included.
+            .timeout(config.timeout)
             .user_agent(config.user_agent.clone())
             .build()
             .map_err(|e| AtlasError::Config(format!("cannot build the HTTP client: {e}")))?;
         let identity = config.credentials.identity(base.as_str());
+        let label = config.credential_name.clone().unwrap_or_else(|| match &config.credentials {
+            Credentials::ApiKey { public_key, .. } => format!("API key {public_key}"),
+            Credentials::ServiceAccount { client_id, .. } => format!("service account {client_id}"),
+        });
         let auth = match config.credentials {
             Credentials::ApiKey { public_key, private_key } => Auth::Digest(DigestAuth::new(public_key, private_key)),
-            Credentials::ServiceAccount { client_id, client_secret } => Auth::Token(TokenCache::new(
+            Credentials::ServiceAccount { client_id, client_secret } => Auth::Token(Box::new(TokenCache::new(
                 client_id,
                 client_secret,
                 join_path(&base, &["api", "oauth", "token"]),
                 config.token_refresh_margin,
-            )),
+                config.token_timeout,
+            ))),
         };
         Ok(Self {
             inner: Arc::new(Inner {
@@ -276,6 +308,9 @@ impl AtlasClient {
                 page_size: config.page_size,
                 concurrency: Semaphore::new(config.max_concurrency),
                 limiter: config.limiter,
+                invitations: config.invitations,
+                invitation_max_wait: config.invitation_max_wait,
+                health: CredentialHealth::new(label, config.auth_backoff),
                 metrics: config.metrics,
                 deprecations_logged: Mutex::new(HashSet::new()),
             }),
@@ -293,6 +328,16 @@ impl AtlasClient {
 
     pub fn metrics(&self) -> &AtlasMetrics {
         &self.inner.metrics
+    }
+
+    /// The invitation queue this client sends through.
+    pub fn invitations(&self) -> &InvitationQueue {
+        &self.inner.invitations
+    }
+
+    /// Atlas refused these credentials and calls fail fast until the next probe.
+    pub fn credentials_refused(&self) -> bool {
+        self.inner.health.is_refused()
     }
 
     /// What Atlas last reported in `RateLimit-Limit` / `RateLimit-Remaining` for the
@@ -372,7 +417,9 @@ impl AtlasClient {
     /// user, so a retried invitation never fails and never duplicates.
     pub async fn create_org_user(&self, org_id: &str, user: &OrgUserRequest) -> Result<CreateOutcome, AtlasError> {
         let op = Operation::CreateOrgUser;
-        let req = self.request(op, org_id, &[], vec![], Some(user))?;
+        let mut req = self.request(op, org_id, &[], vec![], Some(user))?;
+        // Atlas compares usernames case-insensitively.
+        req.queue_key = Some(format!("{org_id}/{}", user.username.to_lowercase()));
         match self.execute(req).await {
             Ok(answer) => Ok(CreateOutcome { user: decode(op, &answer)?, created: true }),
             Err(failure) if failure.error.class() == ErrorClass::Conflict => {
@@ -659,7 +706,7 @@ impl AtlasClient {
             .map(serde_json::to_vec)
             .transpose()
             .map_err(|e| AtlasError::InvalidArgument { operation: op.operation_id(), message: e.to_string() })?;
-        Ok(Request { op, pace_key: pace_key(org_id, op), url, body })
+        Ok(Request { op, org_id: org_id.to_string(), pace_key: pace_key(org_id, op), queue_key: None, url, body })
     }
 
     async fn fetch<T: DeserializeOwned>(&self, req: Request) -> Result<T, AtlasError> {
@@ -686,6 +733,10 @@ impl AtlasClient {
                 Err(error) => error,
             };
             let class = error.class();
+            if matches!(error, AtlasError::InvitationQueued { .. } | AtlasError::CredentialBackoff { .. }) {
+                metrics.call(op_id, class.as_str());
+                return Err(Failure { error, after_uncertain_attempt });
+            }
             if class == ErrorClass::RateLimited {
                 metrics.rate_limited(op_id);
             }
@@ -709,16 +760,65 @@ impl AtlasClient {
         }
     }
 
-    /// One attempt: pace, authenticate (answering a fresh challenge or replacing a refused
-    /// token once), send, map the answer.
+    /// One attempt: an invitation's turn in the invitation queue, then [`Self::send`].
     async fn attempt(&self, req: &Request) -> Result<Answer, AtlasError> {
         let inner = &*self.inner;
-        let op_id = req.op.operation_id();
+        // An invitation waits for its turn in the process's queue first: authenticated
+        // already (a wedged token endpoint never holds the queue), not yet paced per org.
+        let mut turn = None;
+        if let Some(key) = &req.queue_key {
+            inner.health.admit(&req.org_id)?;
+            if let Auth::Token(tokens) = &inner.auth {
+                tokens.authorize(&inner.http, &inner.metrics).await?;
+            }
+            turn = Some(inner.invitations.turn(key, inner.invitation_max_wait).await?);
+        }
+        let result = self.send(req).await;
+        if let Some(turn) = turn {
+            match &result {
+                Err(e) if e.error_code() == Some(super::models::codes::INVITATIONS_RATE_LIMITED_IP) => {
+                    inner.metrics.invitations_refused.inc();
+                    turn.refused(e.retry_after())
+                }
+                _ => turn.sent(),
+            }
+            inner.metrics.invitations_queued.set(inner.invitations.snapshot().queued as i64);
+        }
+        result
+    }
+
+    /// Pace per organization, take a concurrency permit, then (unless these credentials are
+    /// backed off) exchange.
+    async fn send(&self, req: &Request) -> Result<Answer, AtlasError> {
+        let inner = &*self.inner;
         let (_org_permit, waited) = inner.limiter.acquire(&req.pace_key).await;
         if !waited.is_zero() {
-            inner.metrics.throttled(op_id);
+            inner.metrics.throttled(req.op.operation_id());
         }
         let _permit = inner.concurrency.acquire().await.expect("the semaphore is never closed");
+        // Checked once a permit is held: calls that queued behind a refusal fail fast.
+        let _probe = inner.health.admit(&req.org_id)?;
+        let result = self.exchange(req).await;
+        match &result {
+            Ok(_) => inner.health.record(&req.org_id, Ok(())),
+            Err(e) => {
+                inner.health.record(&req.org_id, Err(e));
+                // (The token cache counts its own timeouts, once per fetch.)
+                if let AtlasError::Transport { kind: TransportKind::Timeout, operation, .. } = e
+                    && *operation != super::error::TOKEN_OPERATION
+                {
+                    inner.metrics.timeout(operation);
+                }
+            }
+        }
+        result
+    }
+
+    /// Authenticate (answering a fresh challenge or replacing a refused token once), send,
+    /// map the answer.
+    async fn exchange(&self, req: &Request) -> Result<Answer, AtlasError> {
+        let inner = &*self.inner;
+        let op_id = req.op.operation_id();
         let method = req.op.method();
         let target = request_target(&req.url);
         let mut reauthenticated = false;
@@ -784,8 +884,9 @@ impl AtlasClient {
                 return Ok(Answer { status, body });
             }
             let error = api_error(op_id, status, &headers, &body);
-            if let (429, Some(after)) = (status, error.retry_after()) {
-                inner.limiter.hold(&req.pace_key, after);
+            if let (429 | 503, Some(after)) = (status, error.retry_after()) {
+                let synced = header_u32(&headers, "ratelimit-remaining").is_some();
+                inner.limiter.hold(&req.pace_key, after, synced);
             }
             return Err(error);
         }

@@ -37,6 +37,10 @@ pub enum ErrorClass {
 }
 
 impl ErrorClass {
+    /// Every class, for metric series that exist before the first failure.
+    pub const ALL: [ErrorClass; 6] =
+        [Self::Transient, Self::RateLimited, Self::Conflict, Self::NotFound, Self::Permanent, Self::Auth];
+
     /// A short lowercase name (metric label, log field).
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -101,6 +105,19 @@ pub enum AtlasError {
     /// The client cannot be built from this configuration.
     #[error("Atlas client configuration: {0}")]
     Config(String),
+    /// The invitation waits in the process's invitation queue (Atlas limits invitations
+    /// per client IP); nothing was sent.
+    #[error(
+        "invitation queued: number {} in line, to be sent in about {}s (this process sends {rate} invitation(s) every {}s: Atlas limits invitations per IP)",
+        position + 1,
+        eta.as_secs(),
+        per.as_secs_f64()
+    )]
+    InvitationQueued { position: usize, eta: Duration, come_back: Duration, rate: u32, per: Duration },
+    /// Atlas refused these credentials a moment ago: calls fail fast until the next probe
+    /// (or until the credentials change).
+    #[error("{credential} refused by Atlas {}s ago, next check in {}s: {cause}", since.as_secs(), next_probe_in.as_secs())]
+    CredentialBackoff { credential: String, since: Duration, next_probe_in: Duration, cause: Box<AtlasError> },
 }
 
 fn code_and_detail(error_code: &str, detail: &Option<String>) -> String {
@@ -151,6 +168,8 @@ impl AtlasError {
             Self::Transport { .. } => ErrorClass::Transient,
             Self::Authentication { .. } => ErrorClass::Auth,
             Self::Decode { .. } | Self::InvalidArgument { .. } | Self::Config(_) => ErrorClass::Permanent,
+            Self::InvitationQueued { .. } => ErrorClass::RateLimited,
+            Self::CredentialBackoff { .. } => ErrorClass::Auth,
         }
     }
 
@@ -158,6 +177,7 @@ impl AtlasError {
     pub fn status(&self) -> Option<u16> {
         match self {
             Self::Api { status, .. } | Self::Token { status, .. } | Self::Decode { status, .. } => Some(*status),
+            Self::CredentialBackoff { cause, .. } => cause.status(),
             _ => None,
         }
     }
@@ -166,6 +186,7 @@ impl AtlasError {
     pub fn error_code(&self) -> Option<&str> {
         match self {
             Self::Api { error_code, .. } | Self::Token { error_code, .. } => Some(error_code),
+            Self::CredentialBackoff { cause, .. } => cause.error_code(),
             _ => None,
         }
     }
@@ -182,6 +203,7 @@ impl AtlasError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Api { retry_after, .. } | Self::Token { retry_after, .. } => *retry_after,
+            Self::InvitationQueued { come_back, .. } => Some(*come_back),
             _ => None,
         }
     }
@@ -195,6 +217,8 @@ impl AtlasError {
             | Self::Authentication { operation, .. }
             | Self::InvalidArgument { operation, .. } => Some(operation),
             Self::Token { .. } => Some(TOKEN_OPERATION),
+            Self::InvitationQueued { .. } => Some("createOrgUser"),
+            Self::CredentialBackoff { cause, .. } => cause.operation(),
             Self::Config(_) => None,
         }
     }

@@ -6,9 +6,11 @@
 //! its capacity is the reported limit, it refills over `window`, and every answer resets the
 //! local count to what Atlas reports (minus the requests still in flight). Requests pass at
 //! once while the bucket holds more than a small reserve; below it they are spaced at the
-//! refill rate, so a burst slows down before Atlas answers 429. A 429 with `Retry-After`
-//! holds the key for that long. (governor's GCRA cannot take a count from the server, so
-//! the bucket is kept here.)
+//! refill rate, so a burst slows down before Atlas answers 429. A 429 (or 503) with
+//! `Retry-After` holds the key for exactly that long; the bucket keeps the count the refusal
+//! reported (it is not drained), and when the hold ends one request goes at once, whatever
+//! the reserve: Atlas said it would take it then, and its answer re-synchronises the count.
+//! (governor's GCRA cannot take a count from the server, so the bucket is kept here.)
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -31,12 +33,14 @@ struct Bucket {
     updated: Instant,
     in_flight: u32,
     held_until: Option<Instant>,
+    /// A hold ended: the next request goes without waiting for the reserve.
+    probe: bool,
     reported: Option<RateLimitSnapshot>,
 }
 
 impl Bucket {
     fn new(now: Instant) -> Self {
-        Self { capacity: 0.0, tokens: 0.0, updated: now, in_flight: 0, held_until: None, reported: None }
+        Self { capacity: 0.0, tokens: 0.0, updated: now, in_flight: 0, held_until: None, probe: false, reported: None }
     }
 
     fn refill(&mut self, now: Instant, window: Duration) {
@@ -122,7 +126,7 @@ impl OrgRateLimiter {
                 bucket.refill(now, self.inner.window);
                 self.wait_needed(bucket, now).unwrap_or_else(|| {
                     if bucket.capacity > 0.0 {
-                        bucket.tokens -= 1.0;
+                        bucket.tokens = (bucket.tokens - 1.0).max(0.0);
                     }
                     bucket.in_flight += 1;
                     Duration::ZERO
@@ -147,7 +151,7 @@ impl OrgRateLimiter {
             }
             bucket.held_until = None;
         }
-        if bucket.capacity <= 0.0 {
+        if std::mem::take(&mut bucket.probe) || bucket.capacity <= 0.0 {
             return None;
         }
         let reserve = (bucket.capacity * self.inner.reserve_fraction).max(1.0).min(bucket.capacity - 1.0).max(0.0);
@@ -173,16 +177,22 @@ impl OrgRateLimiter {
         bucket.reported = Some(RateLimitSnapshot { limit, remaining });
     }
 
-    /// Atlas answered 429: nothing under `key` is sent before `retry_after` has passed.
-    pub fn hold(&self, key: &str, retry_after: Duration) {
+    /// Atlas answered 429 (or 503) with `Retry-After`: nothing under `key` is sent before
+    /// `retry_after` has passed, then one request goes at once. `synced` says the refusal
+    /// carried `RateLimit-*` headers ([`Self::observe`] took them); without them the local
+    /// count is set to empty.
+    pub fn hold(&self, key: &str, retry_after: Duration, synced: bool) {
         let mut buckets = self.inner.buckets.lock().expect("limiter lock");
         let now = Instant::now();
         let bucket = buckets.entry(key.to_string()).or_insert_with(|| Bucket::new(now));
-        bucket.tokens = 0.0;
-        bucket.updated = now;
+        bucket.refill(now, self.inner.window);
+        if !synced {
+            bucket.tokens = 0.0;
+        }
         if self.inner.enabled {
             let until = now + retry_after;
             bucket.held_until = Some(bucket.held_until.map_or(until, |held| held.max(until)));
+            bucket.probe = true;
         }
     }
 
@@ -267,17 +277,37 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn retry_after_holds_the_org() {
         let limiter = OrgRateLimiter::new(Duration::from_secs(60));
-        limiter.hold(ORG, Duration::from_secs(3));
+        limiter.hold(ORG, Duration::from_secs(3), false);
         let (_p, waited) = limiter.acquire(ORG).await;
         assert!(waited >= Duration::from_secs(3), "{waited:?}");
         let (_p, waited) = limiter.acquire("6a1b2c3d4e5f60718293a4b6").await;
         assert_eq!(waited, Duration::ZERO, "other organizations are not held");
     }
 
+    /// A 429 after a burst that emptied the bucket: the next request goes at `Retry-After`,
+    /// not after the reserve refilled too; the ones after it are paced from Atlas's count.
+    #[tokio::test(start_paused = true)]
+    async fn after_a_hold_one_request_goes_at_retry_after() {
+        let limiter = OrgRateLimiter::new(Duration::from_secs(60));
+        let (p, _) = limiter.acquire(ORG).await;
+        // The 429 reports an empty bucket of 100 (0.6 s a token, reserve 10).
+        limiter.observe(ORG, Some(100), Some(0));
+        limiter.hold(ORG, Duration::from_secs(1), true);
+        drop(p);
+        let (p, waited) = limiter.acquire(ORG).await;
+        assert!(waited >= Duration::from_secs(1) && waited < Duration::from_millis(1010), "{waited:?}");
+        // Its answer: Atlas refilled one token during the second and this request took it.
+        limiter.observe(ORG, Some(100), Some(1));
+        drop(p);
+        let (_p, waited) = limiter.acquire(ORG).await;
+        // 1 token of the reserve + 1 left to refill: 10 tokens at 0.6 s.
+        assert!(waited >= Duration::from_secs(6) && waited < Duration::from_millis(6100), "{waited:?}");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn disabled_never_waits_but_records() {
         let limiter = OrgRateLimiter::disabled();
-        limiter.hold(ORG, Duration::from_secs(3));
+        limiter.hold(ORG, Duration::from_secs(3), false);
         limiter.observe(ORG, Some(1), Some(0));
         let (_p, waited) = limiter.acquire(ORG).await;
         assert_eq!(waited, Duration::ZERO);

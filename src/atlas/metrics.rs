@@ -26,8 +26,6 @@ pub struct TokenLabels {
     pub outcome: &'static str,
 }
 
-/// Outcomes of a failed call: the client's error classes (`ErrorClass::as_str`).
-const FAILURE_OUTCOMES: [&str; 6] = ["transient", "rate_limited", "conflict", "not_found", "permanent", "auth"];
 /// Failures the retry policy retries.
 const RETRY_CAUSES: [&str; 2] = ["transient", "rate_limited"];
 
@@ -53,6 +51,13 @@ pub struct AtlasMetrics {
     pub request_duration: HistogramFamily,
     /// Service account token fetches.
     pub token_fetches: Family<TokenLabels, Counter>,
+    /// Exchanges that got no answer in time (`oauthToken`: the token endpoint): a wedged
+    /// dependency shows here.
+    pub timeouts: Family<OperationLabels, Counter>,
+    /// Invitations holding a place in the process's invitation queue.
+    pub invitations_queued: prometheus_client::metrics::gauge::Gauge,
+    /// Invitations Atlas refused with `INVITATIONS_RATE_LIMITED_IP`.
+    pub invitations_refused: Counter,
 }
 
 impl Default for AtlasMetrics {
@@ -64,6 +69,9 @@ impl Default for AtlasMetrics {
             throttled: Family::default(),
             request_duration: Family::new_with_constructor(latency_histogram),
             token_fetches: Family::default(),
+            timeouts: Family::default(),
+            invitations_queued: Default::default(),
+            invitations_refused: Counter::default(),
         }
     }
 }
@@ -99,13 +107,28 @@ impl AtlasMetrics {
             "Service account token fetches by outcome",
             self.token_fetches.clone(),
         );
+        registry.register(
+            "atlas_access_api_timeouts",
+            "Atlas exchanges (oauthToken: token requests) without an answer in time",
+            self.timeouts.clone(),
+        );
+        registry.register(
+            "atlas_access_api_invitations_queued",
+            "Invitations waiting in the process's invitation queue",
+            self.invitations_queued.clone(),
+        );
+        registry.register(
+            "atlas_access_api_invitations_refused",
+            "Invitations refused by Atlas's per-IP limit (INVITATIONS_RATE_LIMITED_IP)",
+            self.invitations_refused.clone(),
+        );
     }
 
     /// Create every counter series at 0, so that alerts see 0 rather than no data.
     fn initialize(&self) {
         for op in Operation::ALL {
             let operation = op.operation_id();
-            for outcome in std::iter::once("success").chain(FAILURE_OUTCOMES) {
+            for outcome in std::iter::once("success").chain(super::error::ErrorClass::ALL.map(|c| c.as_str())) {
                 let _ = self.calls.get_or_create(&OutcomeLabels { operation, outcome });
             }
             for outcome in RETRY_CAUSES {
@@ -113,7 +136,9 @@ impl AtlasMetrics {
             }
             let _ = self.rate_limited.get_or_create(&OperationLabels { operation });
             let _ = self.throttled.get_or_create(&OperationLabels { operation });
+            let _ = self.timeouts.get_or_create(&OperationLabels { operation });
         }
+        let _ = self.timeouts.get_or_create(&OperationLabels { operation: super::error::TOKEN_OPERATION });
         for outcome in ["success", "failure"] {
             let _ = self.token_fetches.get_or_create(&TokenLabels { outcome });
         }
@@ -137,6 +162,15 @@ impl AtlasMetrics {
 
     pub(crate) fn request_duration(&self, operation: &'static str, seconds: f64) {
         self.request_duration.get_or_create(&OperationLabels { operation }).observe(seconds);
+    }
+
+    pub(crate) fn timeout(&self, operation: &'static str) {
+        self.timeouts.get_or_create(&OperationLabels { operation }).inc();
+    }
+
+    /// Exchanges of `operation` (`oauthToken` for the token endpoint) that timed out so far.
+    pub fn timeout_count(&self, operation: &'static str) -> u64 {
+        self.timeouts.get(&OperationLabels { operation }).map_or(0, |c| c.get())
     }
 
     pub(crate) fn token_fetch(&self, outcome: &'static str) {

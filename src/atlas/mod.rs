@@ -7,8 +7,10 @@
 
 pub mod auth;
 pub mod client;
+mod credential;
 pub mod endpoint;
 pub mod error;
+pub mod invitations;
 pub mod limiter;
 pub mod metrics;
 pub mod models;
@@ -20,6 +22,7 @@ pub use client::{
 };
 pub use endpoint::Operation;
 pub use error::{AtlasError, ErrorClass, TransportKind};
+pub use invitations::{InvitationQueue, QueuePlace, QueueSnapshot};
 pub use limiter::{OrgRateLimiter, RateLimitSnapshot};
 pub use metrics::AtlasMetrics;
 pub use retry::RetryPolicy;

@@ -20,9 +20,6 @@ pub struct RetryPolicy {
     pub jitter: bool,
     /// No retry starts after this much time since the call began (waits included).
     pub max_elapsed: Duration,
-    /// The wait after `INVITATIONS_RATE_LIMITED_IP` when Atlas gives no `Retry-After`
-    /// (Atlas allows about 10 invitations a minute per IP).
-    pub invitation_rate_limit_wait: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -34,7 +31,6 @@ impl Default for RetryPolicy {
             factor: 2.0,
             jitter: true,
             max_elapsed: Duration::from_secs(60),
-            invitation_rate_limit_wait: Duration::from_secs(6),
         }
     }
 }
@@ -76,12 +72,10 @@ impl RetryPolicy {
             return None;
         }
         let wait = match (class, retry_after) {
+            // A refused invitation goes back to the head of the invitation queue, which
+            // pauses (for Atlas's `Retry-After`, if any): the retry waits there, not here.
+            _ if error_code == Some(super::models::codes::INVITATIONS_RATE_LIMITED_IP) => Duration::ZERO,
             (ErrorClass::RateLimited, Some(after)) => after,
-            (ErrorClass::RateLimited, None)
-                if error_code == Some(super::models::codes::INVITATIONS_RATE_LIMITED_IP) =>
-            {
-                self.invitation_rate_limit_wait
-            }
             (ErrorClass::RateLimited | ErrorClass::Transient, _) => backoff.next()?,
             _ => return None,
         };
@@ -141,7 +135,8 @@ mod tests {
         assert_eq!(policy.next_wait(limited, seven, None, 1, Duration::ZERO, &mut backoff), seven);
         assert_eq!(
             policy.next_wait(limited, None, Some("INVITATIONS_RATE_LIMITED_IP"), 1, Duration::ZERO, &mut backoff),
-            Some(policy.invitation_rate_limit_wait)
+            Some(Duration::ZERO),
+            "the invitation queue waits"
         );
         // A wait past the time budget is the caller's to make (requeue), not the client's.
         assert_eq!(

@@ -12,7 +12,7 @@ use serde_json::json;
 use super::manifests::{Input, read_secret_file};
 use super::simulate;
 use crate::api::conditions::{self, find};
-use crate::atlas::{ATLAS_BASE_URL, AtlasClient, ClientConfig, Credentials};
+use crate::atlas::{ATLAS_BASE_URL, AtlasClient, ClientConfig, Credentials, InvitationQueue, QueueSnapshot};
 use crate::engine::OrgUserIndex;
 use crate::engine::driver::{ObjectId, ObjectSet, Outcome, display_name, run_pass};
 use crate::engine::{EngineEvent, Mode};
@@ -63,6 +63,10 @@ pub struct RunArgs {
     /// Objects reconciled at once.
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
+    /// Invitations sent per minute, all organizations together (Atlas limits them per IP,
+    /// about 10 a minute); 0: no pacing (a simulator without the limit).
+    #[arg(long, default_value_t = 10)]
+    pub invitations_per_minute: u32,
     /// Print every event, however many objects there are.
     #[arg(short, long)]
     pub verbose: bool,
@@ -185,6 +189,12 @@ impl Session {
         let mut config = ClientConfig::new(base_url, credentials);
         config.insecure_http = insecure;
         config.max_concurrency = args.concurrency.max(1);
+        config.invitations = match args.invitations_per_minute {
+            0 => InvitationQueue::disabled(),
+            n => InvitationQueue::per_minute(n),
+        };
+        // A one-shot run waits in line: its progress line shows the queue.
+        config.invitation_max_wait = Duration::from_secs(24 * 3600);
         let client = AtlasClient::new(config).map_err(|e| {
             eprintln!("error: {e}");
             ExitCode::from(2)
@@ -203,7 +213,7 @@ impl Session {
         };
         let _ = args;
         bar.set_style(
-            ProgressStyle::with_template("{prefix} [{bar:40}] {pos}/{len} objects, {elapsed}")
+            ProgressStyle::with_template("{prefix} [{bar:40}] {pos}/{len} objects, {elapsed}{msg}")
                 .expect("valid template")
                 .progress_chars("=> "),
         );
@@ -288,6 +298,22 @@ pub async fn plan(args: RunArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// The invitation queue, for the progress line (empty before the first invitation).
+pub fn queue_line(queue: &QueueSnapshot) -> String {
+    if queue.queued == 0 && queue.sent == 0 && queue.refused == 0 {
+        return String::new();
+    }
+    let mut line = format!(", invitations: {} sent, {} queued", queue.sent, queue.queued);
+    if queue.queued > 0 {
+        line.push_str(&format!(", next in {}s", queue.next_in.as_secs()));
+    }
+    if queue.refused > 0 {
+        line.push_str(&format!(", {} refused by Atlas", queue.refused));
+    }
+    line.push_str(&format!(" ({} per {}s)", queue.rate, queue.per.as_secs()));
+    line
+}
+
 /// One pass with narration; returns the outcomes.
 async fn narrated_pass(session: &mut Session, args: &RunArgs, label: &str) -> Vec<(ObjectId, Outcome)> {
     let bar = session.progress(args, label.to_string());
@@ -313,7 +339,17 @@ async fn narrated_pass(session: &mut Session, args: &RunArgs, label: &str) -> Ve
             }
         });
     };
-    let results = run_pass(&this.client, &this.index, &mut objects, Mode::Apply, args.concurrency, &on_done).await;
+    let pass = run_pass(&this.client, &this.index, &mut objects, Mode::Apply, args.concurrency, &on_done);
+    let ticker = async {
+        loop {
+            bar.set_message(queue_line(&this.client.invitations().snapshot()));
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    let results = tokio::select! {
+        results = pass => results,
+        never = ticker => never,
+    };
     bar.finish_and_clear();
     session.input.objects = objects;
     results

@@ -300,6 +300,8 @@ impl AtlasClients {
         })?;
         let mut config = self.template.clone();
         config.credentials = credentials;
+        // Errors (and the per-credential backoff) name the Secret, never its values.
+        config.credential_name = Some(format!("Secret {ns}/{name}"));
         let client = AtlasClient::new(config).map_err(|e| CredentialsError::Invalid {
             namespace: namespace.clone(),
             name: name.clone(),

@@ -105,6 +105,14 @@ pub struct RunArgs {
     /// condition and one Warning event.
     #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
     pub invitation_warning: Duration,
+    /// Invitations sent per minute by this process, all organizations and credentials
+    /// together (Atlas limits them per IP, about 10 a minute; replicas behind one NAT share
+    /// that limit); 0: no pacing.
+    #[arg(long, default_value_t = 10)]
+    pub invitations_per_minute: u32,
+    /// Time limit of one reconcile (a wedged Atlas holds a worker no longer).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub reconcile_timeout: Duration,
 }
 
 /// Everything reconciles share.
@@ -123,6 +131,8 @@ pub struct Context {
     pub deletion_protection: bool,
     /// How long before its expiry a pending invitation is flagged (`InvitationExpiringSoon`).
     pub invitation_warning: Duration,
+    /// Time limit of one reconcile.
+    pub reconcile_timeout: Duration,
     backoff: Mutex<HashMap<String, u32>>,
 }
 
@@ -141,6 +151,8 @@ pub enum Error {
     DeletionBlocked(String),
     #[error("not allowed: {0}")]
     NotAllowed(String),
+    #[error("the reconcile did not finish within {}s (a wedged Atlas or token endpoint)", .0.as_secs())]
+    Timeout(Duration),
     /// The write-ahead record was not written: nothing was sent to Atlas.
     #[error("{0}")]
     Intent(#[from] crate::engine::IntentError),
@@ -205,7 +217,7 @@ impl Error {
             Error::Incomplete { retry_after: Some(d), .. } => Retry::After(*d),
             Error::Incomplete { transient: true, .. } => Retry::Backoff,
             Error::Incomplete { .. } => Retry::Slow,
-            Error::DeletionBlocked(_) | Error::Intent(_) => Retry::Backoff,
+            Error::DeletionBlocked(_) | Error::Intent(_) | Error::Timeout(_) => Retry::Backoff,
             Error::NotAllowed(_) => Retry::Slow,
             Error::Finalizer(inner) => match inner.as_ref() {
                 kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => {
@@ -290,6 +302,7 @@ impl Context {
             resync_interval,
             deletion_protection,
             invitation_warning: crate::reconcile::audit::DEFAULT_INVITATION_WARNING,
+            reconcile_timeout: Duration::from_secs(300),
             backoff: Mutex::default(),
         }
     }
@@ -395,7 +408,8 @@ where
     let span = tracing::info_span!("reconcile", object = %object, kind = %kind);
     let in_flight = ctx.metrics.in_flight.get_or_create(&crate::metrics::KindLabels { kind: kind.clone() }).clone();
     in_flight.inc();
-    let result = f.instrument(span).await;
+    let timeout = ctx.reconcile_timeout;
+    let result = tokio::time::timeout(timeout, f.instrument(span)).await.unwrap_or(Err(Error::Timeout(timeout)));
     in_flight.dec();
     let outcome = match &result {
         Ok(_) => {
@@ -613,6 +627,13 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
     );
     template.insecure_http = args.atlas_insecure_http;
     template.metrics = atlas_metrics;
+    // One queue for the process: every client built from the template shares it.
+    template.invitations = match args.invitations_per_minute {
+        0 => crate::atlas::InvitationQueue::disabled(),
+        n => crate::atlas::InvitationQueue::per_minute(n),
+    };
+    // A turn further away is written to the status (position, ETA) and requeued instead.
+    template.invitation_max_wait = (args.reconcile_timeout / 3).min(Duration::from_secs(60));
     let clients = AtlasClients::new(template, default_secret)
         .with_tenancy(args.operator_namespace.clone(), &args.tenant_secrets_cluster_role);
 
@@ -640,6 +661,7 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         resync_interval: args.resync_interval,
         deletion_protection: args.deletion_protection,
         invitation_warning: args.invitation_warning,
+        reconcile_timeout: args.reconcile_timeout,
         backoff: Mutex::default(),
     });
 

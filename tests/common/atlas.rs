@@ -5,7 +5,9 @@ use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use atlas_access_operator::atlas::{AtlasClient, ClientConfig, Credentials, OrgRateLimiter, RetryPolicy};
+use atlas_access_operator::atlas::{
+    AtlasClient, ClientConfig, Credentials, InvitationQueue, OrgRateLimiter, RetryPolicy,
+};
 use secrecy::SecretString;
 
 use super::sim::{CLIENT_ID, CLIENT_SECRET, PRIVATE_KEY, PUBLIC_KEY, Sim};
@@ -25,7 +27,6 @@ pub fn fast_retry() -> RetryPolicy {
         min_delay: Duration::from_millis(20),
         max_delay: Duration::from_millis(200),
         max_elapsed: Duration::from_secs(20),
-        invitation_rate_limit_wait: Duration::from_millis(1100),
         ..RetryPolicy::default()
     }
 }
@@ -37,6 +38,7 @@ pub fn config(sim: &Sim, credentials: Credentials) -> ClientConfig {
         retry: fast_retry(),
         timeout: Duration::from_secs(5),
         limiter: OrgRateLimiter::disabled(),
+        invitations: InvitationQueue::disabled(),
         ..ClientConfig::new(sim.handle.base_url(), credentials)
     }
 }
