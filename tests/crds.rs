@@ -194,7 +194,7 @@ fn atlas_organization_is_cluster_scoped_with_its_names_and_columns() {
     assert_eq!(crd.spec.names.categories.as_deref(), Some(&["atlas".to_string()][..]));
     let columns: Vec<String> =
         crd.spec.versions[0].additional_printer_columns.iter().flatten().map(|c| c.name.clone()).collect();
-    assert_eq!(columns, ["Org", "Name", "Users", "Managed", "Ready", "Age"]);
+    assert_eq!(columns, ["Org", "Name", "Users", "Unmanaged", "Managed", "Ready", "Age"]);
     let status = &crd.spec.versions[0].subresources.as_ref().unwrap().status;
     assert!(status.is_some(), "status is a subresource");
 }

@@ -341,7 +341,9 @@ async fn exclusive_counts_an_org_users_team_ids_as_listed() {
         .await
         .unwrap();
     world.wait_atlas("alice and carol in, the stranger out", |m| m == ["alice@example.com", "carol@example.com"]).await;
-    let devs = world.wait_team("devs", WAIT, "Ready", ready).await;
+    // carol joins through her AtlasOrgUser's teamIds, which re-triggers the team: Ready, both counted.
+    let both = |t: &AtlasTeamMembership| ready(t) && t.status.as_ref().and_then(|s| s.member_count) == Some(2);
+    let devs = world.wait_team("devs", WAIT, "Ready with both members", both).await;
     assert_eq!(devs.status.as_ref().unwrap().member_count, Some(2));
     // No flapping: carol is never removed, whatever passes follow.
     world.state.reset_counters();

@@ -220,6 +220,10 @@ async fn tenancy_controller_then_admission() {
     assert_eq!(status.org_name.as_deref(), Some("acme"));
     assert_eq!(status.users, Some(1));
     assert_eq!(status.pending, Some(0));
+    // The audit: the org's only user (its owner) is declared by no AtlasOrgUser yet.
+    assert_eq!(status.unmanaged, Some(1));
+    assert_eq!(status.unmanaged_users.len(), 1, "{status:?}");
+    assert_eq!((status.declared_absent, status.invitations_expiring), (Some(0), Some(0)));
 
     // --- The controller, with the admission policy absent.
     let outsider = org_user("outsider", &org, "outsider@example.com", &["ORG_MEMBER"], &label, json!({}));

@@ -27,6 +27,12 @@ use super::common::{DeletionPolicy, OrgRole, ProjectRole, SecretRef, conditions_
         description = "Users in the organization"
     ),
     printcolumn(
+        name = "Unmanaged",
+        type_ = "integer",
+        json_path = ".status.unmanaged",
+        description = "Users in the organization no AtlasOrgUser declares"
+    ),
+    printcolumn(
         name = "Managed",
         type_ = "integer",
         json_path = ".status.managed",
@@ -127,6 +133,22 @@ pub struct AtlasOrganizationStatus {
     /// Of those, users whose invitation is PENDING.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<u32>,
+    /// Users in the organization (PENDING or ACTIVE) that no AtlasOrgUser declares.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unmanaged: Option<u32>,
+    /// The first few of them (sorted; `unmanaged` counts them all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unmanaged_users: Vec<String>,
+    /// AtlasOrgUser objects of this organization whose user is not in it (not yet invited,
+    /// or the invitation expired or was rejected).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub declared_absent: Option<u32>,
+    /// Pending invitations that lapse within the operator's `--invitation-warning` window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invitations_expiring: Option<u32>,
+    /// The first few of them, soonest first (`invitationsExpiring` counts them all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expiring_users: Vec<String>,
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

@@ -91,11 +91,24 @@ async fn observe(obj: &AtlasOrganization, ctx: &Context) -> Result<AtlasOrganiza
     };
     let managed = managed_usernames(obj, ctx);
     let count = |f: &dyn Fn(&crate::atlas::models::OrgUser) -> bool| directory.iter().filter(|u| f(u)).count() as u32;
+    // The audit, from the same listing (no call of its own).
+    let audit = crate::reconcile::audit::audit_org(
+        &obj.spec.org_id,
+        &directory,
+        managed.iter().map(String::as_str),
+        Timestamp::now(),
+        ctx.invitation_warning,
+    );
     let base = AtlasOrganizationStatus {
         org_name: Some(org.name.clone()),
         users: Some(directory.len() as u32),
         managed: Some(count(&|u| managed.contains(&username_key(&u.username)))),
         pending: Some(count(&|u| u.org_membership_status == MembershipStatus::Pending)),
+        unmanaged: Some(audit.unmanaged.count as u32),
+        unmanaged_users: audit.unmanaged.first,
+        declared_absent: Some(audit.declared_absent.count as u32),
+        invitations_expiring: Some(audit.expiring_count as u32),
+        expiring_users: audit.expiring.into_iter().map(|e| e.username).collect(),
         ..Default::default()
     };
     let message = format!("the credentials in Secret {namespace}/{secret} read organization {} ({})", org.name, org.id);
