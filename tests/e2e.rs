@@ -16,7 +16,7 @@ use atlas_access_operator::atlas::models::MembershipStatus;
 use atlas_access_operator::sim::{SimConfig, SimHandle, Simulator};
 use common::cluster::{self, TEST_MANAGER, TestNamespace, wait_for};
 use common::manifests::example_objects;
-use common::operator::{Operator, grant_shipped_rbac, operator_kubeconfig, unprivileged_user};
+use common::operator::{Operator, grant_shipped_rbac, operator_kubeconfig, unprivileged_user, wait_object};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{ListParams, Patch, PatchParams};
@@ -92,24 +92,6 @@ fn condition<'a>(
 }
 
 /// Wait until the AtlasOrgUser satisfies `check`; on time-out, fail with its status and the operator's log.
-async fn wait_user(
-    api: &Api<AtlasOrgUser>,
-    name: &str,
-    operator: &Operator,
-    what: &str,
-    check: impl Fn(&AtlasOrgUser) -> bool,
-) -> AtlasOrgUser {
-    let found = wait_for(WAIT, || async { api.get(name).await.ok().filter(|u| check(u)) }).await;
-    found.unwrap_or_else(|| {
-        let now = futures::executor::block_on(api.get_opt(name)).ok().flatten();
-        panic!(
-            "{name}: timed out waiting for {what}; object: {:#?}\n--- operator log ---\n{}",
-            now.map(|u| u.status),
-            operator.logs()
-        )
-    })
-}
-
 fn ready(u: &AtlasOrgUser) -> bool {
     u.status.as_ref().and_then(|s| condition(&s.conditions, "Ready")).is_some_and(|c| c.status == "True")
         && u.status.as_ref().and_then(|s| s.observed_generation) == u.metadata.generation
@@ -152,7 +134,7 @@ async fn operator_end_to_end() {
     let teams: Api<AtlasTeamMembership> = Api::namespaced(admin.clone(), &ns.name);
 
     // Invitation sent: PENDING, with its expiry, and Ready (people are not waited for).
-    let alice = wait_user(&users, "alice", &operator, "a PENDING invitation and Ready", |u| {
+    let alice = wait_object(&users, "alice", &operator, "a PENDING invitation and Ready", |u| {
         ready(u) && u.status.as_ref().and_then(|s| s.membership_status.as_deref()) == Some("PENDING")
     })
     .await;
@@ -186,7 +168,7 @@ async fn operator_end_to_end() {
 
     // Accepted in Atlas: ACTIVE and InvitationAccepted.
     assert!(state.accept_invitation(ORG, "alice@example.com"));
-    wait_user(&users, "alice", &operator, "ACTIVE", |u| {
+    wait_object(&users, "alice", &operator, "ACTIVE", |u| {
         u.status.as_ref().is_some_and(|s| {
             s.membership_status.as_deref() == Some("ACTIVE")
                 && condition(&s.conditions, "InvitationAccepted").is_some_and(|c| c.status == "True")
@@ -198,7 +180,7 @@ async fn operator_end_to_end() {
     let mut spec_change = examples(&ns.name).into_iter().find(|m| m["metadata"]["name"] == "alice").unwrap();
     spec_change["spec"]["orgRoles"] = json!(["ORG_READ_ONLY", "ORG_BILLING_READ_ONLY"]);
     apply_dynamic(&admin, &ns.name, &spec_change).await;
-    let alice = wait_user(&users, "alice", &operator, "the new roles", |u| {
+    let alice = wait_object(&users, "alice", &operator, "the new roles", |u| {
         ready(u)
             && u.status.as_ref().is_some_and(|s| {
                 let mut roles = s.org_roles.clone();
@@ -220,7 +202,7 @@ async fn operator_end_to_end() {
     // Secret rotation: bad keys are noticed at once (labelled Secret), good keys heal it.
     apply_secret(&admin, &ns.name, "wrong-private-key").await;
     // Any Atlas call now fails with 401; the next reconcile says so.
-    wait_user(&users, "alice", &operator, "AtlasUnauthorized after rotation", |u| {
+    wait_object(&users, "alice", &operator, "AtlasUnauthorized after rotation", |u| {
         u.status
             .as_ref()
             .and_then(|s| condition(&s.conditions, "Ready"))
@@ -228,14 +210,14 @@ async fn operator_end_to_end() {
     })
     .await;
     apply_secret(&admin, &ns.name, PRIVATE_KEY).await;
-    wait_user(&users, "alice", &operator, "Ready again after rotating back", ready).await;
+    wait_object(&users, "alice", &operator, "Ready again after rotating back", ready).await;
 
     // Paused: spec changes wait, status says so.
     let mut paused = spec_change.clone();
     paused["metadata"]["annotations"] = json!({"atlas-access.dev/paused": "true"});
     paused["spec"]["orgRoles"] = json!(["ORG_OWNER"]);
     apply_dynamic(&admin, &ns.name, &paused).await;
-    wait_user(&users, "alice", &operator, "a Paused condition", |u| {
+    wait_object(&users, "alice", &operator, "a Paused condition", |u| {
         u.status.as_ref().and_then(|s| condition(&s.conditions, "Ready")).is_some_and(|c| c.reason == "Paused")
     })
     .await;

@@ -18,7 +18,7 @@ use atlas_access_operator::atlas::models::MembershipStatus;
 use atlas_access_operator::atlas::{AtlasClient, ClientConfig, Credentials};
 use atlas_access_operator::sim::{SimConfig, SimHandle, SimState, Simulator};
 use common::cluster::{self, TEST_MANAGER, TestNamespace, wait_for};
-use common::operator::{Operator, grant_shipped_rbac, operator_kubeconfig, unprivileged_user};
+use common::operator::{Operator, grant_shipped_rbac, operator_kubeconfig, unprivileged_user, wait_object};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
@@ -92,20 +92,6 @@ fn ready(u: &AtlasOrgUser) -> bool {
     })
 }
 
-async fn wait_user(
-    api: &Api<AtlasOrgUser>,
-    name: &str,
-    operator: &Operator,
-    what: &str,
-    check: impl Fn(&AtlasOrgUser) -> bool,
-) -> AtlasOrgUser {
-    let found = wait_for(WAIT, || async { api.get(name).await.ok().filter(|u| check(u)) }).await;
-    found.unwrap_or_else(|| {
-        let now = futures::executor::block_on(api.get_opt(name)).ok().flatten();
-        panic!("{name}: timed out waiting for {what}; object: {:#?}\n--- operator log ---\n{}", now, operator.logs())
-    })
-}
-
 fn projects_of(state: &SimState, username: &str) -> BTreeMap<String, Vec<String>> {
     let user = state.org_users(ORG).into_iter().find(|u| u.username == username).expect("in the org");
     user.roles.group_role_assignments.into_iter().map(|a| (a.group_id.unwrap(), a.group_roles)).collect()
@@ -152,12 +138,12 @@ async fn access_that_can_be_taken_away() {
         }),
     );
     apply(&users, &alice).await;
-    let invited = wait_user(&users, "alice", &operator, "invited and Ready", ready).await;
+    let invited = wait_object(&users, "alice", &operator, "invited and Ready", ready).await;
     let granted = &invited.status.as_ref().unwrap().granted;
     assert_eq!(granted.projects.len(), 2, "{granted:?}");
     assert_eq!(granted.team_ids, [T1, T2]);
     assert!(state.accept_invitation(ORG, "alice@example.com"));
-    wait_user(&users, "alice", &operator, "ACTIVE", |u| {
+    wait_object(&users, "alice", &operator, "ACTIVE", |u| {
         ready(u) && u.status.as_ref().and_then(|s| s.membership_status.as_deref()) == Some("ACTIVE")
     })
     .await;
@@ -178,7 +164,7 @@ async fn access_that_can_be_taken_away() {
         }),
     );
     apply(&users, &revoked).await;
-    let after = wait_user(&users, "alice", &operator, "P1 and T1 taken away", |u| {
+    let after = wait_object(&users, "alice", &operator, "P1 and T1 taken away", |u| {
         ready(u)
             && u.status.as_ref().is_some_and(|s| {
                 s.granted.team_ids == [T2] && s.granted.projects.iter().map(|p| p.project_id.as_str()).eq([P2, P3])
@@ -198,7 +184,7 @@ async fn access_that_can_be_taken_away() {
     // bob was an ORG_OWNER before any object: adopted, left in Atlas on deletion, no finalizer.
     let bob = org_user(&ns.name, "bob", "bob@example.com", json!({"orgRoles": ["ORG_OWNER"]}));
     apply(&users, &bob).await;
-    let adopted = wait_user(&users, "bob", &operator, "adopted, without a finalizer", |u| {
+    let adopted = wait_object(&users, "bob", &operator, "adopted, without a finalizer", |u| {
         ready(u) && u.status.as_ref().and_then(|s| s.adopted) == Some(true) && u.finalizers().is_empty()
     })
     .await;
@@ -223,7 +209,7 @@ async fn access_that_can_be_taken_away() {
         json!({"orgRoles": ["ORG_MEMBER"], "deletionPolicy": "Orphan"}),
     );
     apply(&users, &carol).await;
-    let reconciled = wait_user(&users, "carol", &operator, "invited", ready).await;
+    let reconciled = wait_object(&users, "carol", &operator, "invited", ready).await;
     assert!(reconciled.finalizers().is_empty(), "an Orphan object got a finalizer");
     assert!(operator.is_running(), "operator exited:\n{}", operator.logs());
     operator.kill();

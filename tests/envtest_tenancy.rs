@@ -22,7 +22,7 @@ use atlas_access_operator::api::{AtlasOrgUser, AtlasOrganization, AtlasTeamMembe
 use atlas_access_operator::atlas::models::MembershipStatus;
 use atlas_access_operator::sim::{SimConfig, Simulator};
 use common::cluster::{self, TEST_MANAGER, TestNamespace, wait_for};
-use common::operator::{Operator, grant_shipped_rbac, operator_kubeconfig, unprivileged_user};
+use common::operator::{Operator, grant_shipped_rbac, operator_kubeconfig, unprivileged_user, wait_object};
 use k8s_openapi::api::admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding};
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
@@ -45,24 +45,6 @@ fn ready_reason(u: &AtlasOrgUser) -> Option<(String, String, String)> {
     let status = u.status.as_ref()?;
     let c = condition(&status.conditions, "Ready")?;
     Some((c.status.clone(), c.reason.clone(), c.message.clone()))
-}
-
-async fn wait_user(
-    api: &Api<AtlasOrgUser>,
-    name: &str,
-    operator: &Operator,
-    what: &str,
-    check: impl Fn(&AtlasOrgUser) -> bool,
-) -> AtlasOrgUser {
-    let found = wait_for(WAIT, || async { api.get(name).await.ok().filter(|u| check(u)) }).await;
-    found.unwrap_or_else(|| {
-        let now = futures::executor::block_on(api.get_opt(name)).ok().flatten();
-        panic!(
-            "{name}: timed out waiting for {what}; object: {:#?}\n--- operator log ---\n{}",
-            now.map(|u| u.status),
-            operator.logs()
-        )
-    })
 }
 
 fn org_user(name: &str, org: &str, username: &str, roles: &[&str], label: &str, extra: Value) -> AtlasOrgUser {
@@ -240,18 +222,19 @@ async fn tenancy_controller_then_admission() {
                 .is_some_and(|s| condition(&s.conditions, "Stalled").is_some_and(|c| c.status == "True"))
     };
     let outside_api: Api<AtlasOrgUser> = Api::namespaced(admin.clone(), &outside.name);
-    let refused = wait_user(&outside_api, "outsider", &operator, "NotAllowed", not_allowed).await;
+    let refused = wait_object(&outside_api, "outsider", &operator, "NotAllowed", not_allowed).await;
     let (_, _, message) = ready_reason(&refused).unwrap();
     assert!(
         message.contains(&format!("namespace {} may not manage Atlas organization {org}", outside.name)),
         "{message}"
     );
     let team_a_api: Api<AtlasOrgUser> = Api::namespaced(admin.clone(), &team_a.name);
-    let refused = wait_user(&team_a_api, "greedy", &operator, "NotAllowed", not_allowed).await;
+    let refused = wait_object(&team_a_api, "greedy", &operator, "NotAllowed", not_allowed).await;
     let (_, _, message) = ready_reason(&refused).unwrap();
     assert!(message.contains("spec.orgRoles: ORG_OWNER above the ceiling"), "{message}");
     // The allowed one is served with the organization's credentials.
-    wait_user(&team_a_api, "alice", &operator, "Ready", |u| ready_reason(u).is_some_and(|(s, _, _)| s == "True")).await;
+    wait_object(&team_a_api, "alice", &operator, "Ready", |u| ready_reason(u).is_some_and(|(s, _, _)| s == "True"))
+        .await;
     let in_atlas: Vec<String> = state.org_users(&org).into_iter().map(|u| u.username).collect();
     assert!(in_atlas.contains(&"alice@example.com".to_string()));
     assert!(!in_atlas.iter().any(|u| u == "outsider@example.com" || u == "greedy@example.com"), "{in_atlas:?}");
@@ -278,7 +261,7 @@ async fn tenancy_controller_then_admission() {
     );
     apply_user(&admin, &team_b.name, &snoop).await;
     let team_b_api: Api<AtlasOrgUser> = Api::namespaced(admin.clone(), &team_b.name);
-    let snooped = wait_user(&team_b_api, "snoop", &operator, "AtlasUnauthorized", |u| {
+    let snooped = wait_object(&team_b_api, "snoop", &operator, "AtlasUnauthorized", |u| {
         ready_reason(u).is_some_and(|(s, r, _)| s == "False" && r == "AtlasUnauthorized")
     })
     .await;
@@ -304,7 +287,7 @@ async fn tenancy_controller_then_admission() {
         json!({"credentialsSecretRef": {"name": "own"}}),
     );
     apply_user(&admin, &team_a.name, &bob).await;
-    let denied = wait_user(&team_a_api, "bob", &operator, "CredentialsAccessNotGranted", |u| {
+    let denied = wait_object(&team_a_api, "bob", &operator, "CredentialsAccessNotGranted", |u| {
         ready_reason(u).is_some_and(|(s, r, _)| s == "False" && r == "CredentialsAccessNotGranted")
     })
     .await;
@@ -315,7 +298,7 @@ async fn tenancy_controller_then_admission() {
     );
     assert!(!state.org_users(&org).iter().any(|u| u.username == "bob@example.com"));
     grant.grant_tenant(&team_a.name).await;
-    wait_user(&team_a_api, "bob", &operator, "Ready with its own key", |u| {
+    wait_object(&team_a_api, "bob", &operator, "Ready with its own key", |u| {
         ready_reason(u).is_some_and(|(s, _, _)| s == "True")
     })
     .await;

@@ -278,3 +278,18 @@ impl Drop for Operator {
         self.kill();
     }
 }
+
+/// Waits up to a minute for the object `name` to satisfy `check`; on time-out panics with the
+/// object as it stands and the operator's log.
+pub async fn wait_object<K>(api: &Api<K>, name: &str, operator: &Operator, what: &str, check: impl Fn(&K) -> bool) -> K
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let found =
+        super::cluster::wait_for(Duration::from_secs(60), || async { api.get(name).await.ok().filter(|o| check(o)) })
+            .await;
+    found.unwrap_or_else(|| {
+        let now = futures::executor::block_on(api.get_opt(name)).ok().flatten();
+        panic!("{name}: timed out waiting for {what}; object: {now:#?}\n--- operator log ---\n{}", operator.logs())
+    })
+}
