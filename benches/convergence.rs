@@ -124,6 +124,21 @@ fn bucket_floor(requests: usize) -> f64 {
     requests.saturating_sub(CAPACITY as usize) as f64 / f64::from(REFILL_PER_SEC)
 }
 
+/// Passes until every object is settled (at most 5): the seconds it took and the passes.
+async fn converge(client: &AtlasClient, index: &OrgUserIndex, objects: &mut ObjectSet) -> (f64, u32) {
+    let started = Instant::now();
+    let mut passes = 0;
+    loop {
+        passes += 1;
+        let results = run_pass(client, index, objects, Mode::Apply, CONCURRENCY, &|_, _| {}).await;
+        let unsettled = results.iter().filter(|(_, o)| !o.is_settled()).count();
+        if unsettled == 0 || passes == 5 {
+            assert_eq!(unsettled, 0, "not converged after {passes} passes");
+            return (started.elapsed().as_secs_f64(), passes);
+        }
+    }
+}
+
 async fn run() {
     let bucket = BucketSpec { capacity: CAPACITY, refill: REFILL_PER_SEC, per: Duration::from_secs(1) };
     let config = SimConfig {
@@ -158,18 +173,7 @@ async fn run() {
     let index = OrgUserIndex::new(Duration::from_secs(3600));
 
     // Cold: from empty organizations until every object is settled.
-    let started = Instant::now();
-    let mut passes = 0;
-    loop {
-        passes += 1;
-        let results = run_pass(&client, &index, &mut objects, Mode::Apply, CONCURRENCY, &|_, _| {}).await;
-        let unsettled = results.iter().filter(|(_, o)| !o.is_settled()).count();
-        if unsettled == 0 || passes == 5 {
-            assert_eq!(unsettled, 0, "not converged after {passes} passes");
-            break;
-        }
-    }
-    let cold = started.elapsed().as_secs_f64();
+    let (cold, passes) = converge(&client, &index, &mut objects).await;
     let counters = state.counters();
     let cold_requests = counters.total_requests();
     let cold_429 = counters.rate_limited;
@@ -252,18 +256,7 @@ async fn invitations() {
     let client = AtlasClient::new(client_config).expect("client");
     let index = OrgUserIndex::new(Duration::from_secs(3600));
 
-    let started = Instant::now();
-    let mut passes = 0;
-    loop {
-        passes += 1;
-        let results = run_pass(&client, &index, &mut objects, Mode::Apply, CONCURRENCY, &|_, _| {}).await;
-        let unsettled = results.iter().filter(|(_, o)| !o.is_settled()).count();
-        if unsettled == 0 || passes == 5 {
-            assert_eq!(unsettled, 0, "not converged after {passes} passes");
-            break;
-        }
-    }
-    let cold = started.elapsed().as_secs_f64();
+    let (cold, passes) = converge(&client, &index, &mut objects).await;
     let counters = state.counters();
     let invitations = INVITE_ORGS * INVITE_USERS_PER_ORG;
     let extra = invitations.saturating_sub(INVITATION_BURST as usize);
