@@ -765,6 +765,7 @@ async fn a_refused_write_ahead_record_sends_nothing() {
 /// not those of another organization.
 #[test]
 fn an_org_user_change_triggers_the_teams_that_list_it_by_username_too() {
+    use atlas_access_operator::controller::indexes::{Index, team_keys};
     use atlas_access_operator::controller::teams_affected_by_org_user;
     let team = |name: &str, org: &str, members: Value, status: Value| -> AtlasTeamMembership {
         serde_json::from_value(json!({
@@ -789,7 +790,8 @@ fn an_org_user_change_triggers_the_teams_that_list_it_by_username_too() {
     }
     let mut user = alice("Delete");
     user.spec.team_ids = vec!["6b1b2c3d4e5f60718293a4b5".into()];
-    let mut names: Vec<String> = teams_affected_by_org_user(&store, &user).into_iter().map(|r| r.name).collect();
+    let index = Index::of_store(team_keys, &store);
+    let mut names: Vec<String> = teams_affected_by_org_user(&index, &user).into_iter().map(|r| r.name).collect();
     names.sort();
     assert_eq!(names, ["by-ref", "by-team-id", "by-username"]);
 }

@@ -5,11 +5,24 @@
 //! are cached per Secret and rebuilt when the Secret's `resourceVersion` changes, so a
 //! service-account token or digest session is reused across reconciles, and a deletion can
 //! still finish with the last good client after the Secret itself is gone.
+//!
+//! No API-server request per reconcile: a labelled Secret in the operator's namespace is
+//! watched (metadata only), so its cached client is used as long as the watched
+//! `resourceVersion` matches, and read once (one GET) when it changes. Any other Secret (a
+//! tenant's own, in a namespace where the operator may read one Secret through a RoleBinding
+//! but may not list or watch) is read at most once per revalidation period (set from the
+//! resync interval, so every drift check sees a rotation), and again right after Atlas
+//! refused the cached key ([`AtlasClients::recheck`]). Failures are never cached: a Secret
+//! that is missing or not granted is read again on the next attempt, and its error (Missing,
+//! NotGranted, ...) is the same as before.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client};
 use secrecy::SecretString;
 
@@ -141,6 +154,38 @@ pub fn credentials_from_secret(secret: &Secret) -> Result<Credentials, String> {
 struct CachedClient {
     resource_version: Option<String>,
     client: AtlasClient,
+    /// When the Secret was last read (None: read it on the next use).
+    checked_at: Option<Instant>,
+}
+
+/// The watched (labelled, operator-namespace) Secrets: metadata only.
+struct Watched {
+    store: Store<PartialObjectMeta<Secret>>,
+    synced: tokio::sync::watch::Receiver<bool>,
+}
+
+/// How a cached client may be used without reading its Secret.
+#[derive(Debug, PartialEq, Eq)]
+enum Check {
+    /// The watch says the Secret is at this version.
+    Watched(Option<String>),
+    /// Not watched: trusted while younger than the revalidation period.
+    Unwatched,
+}
+
+/// Whether a cached client built from the Secret at `cached_rv`, last read at `checked_at`,
+/// serves without a read.
+fn cached_is_current(
+    check: &Check,
+    cached_rv: &Option<String>,
+    checked_at: Option<Instant>,
+    now: Instant,
+    revalidate_after: Duration,
+) -> bool {
+    match check {
+        Check::Watched(rv) => rv.is_some() && rv == cached_rv,
+        Check::Unwatched => checked_at.is_some_and(|at| now.saturating_duration_since(at) < revalidate_after),
+    }
 }
 
 /// Default name of the ClusterRole tenants bind (RoleBinding in their namespace) so the operator
@@ -165,6 +210,8 @@ pub struct AtlasClients {
     operator_namespace: Option<String>,
     tenant_cluster_role: String,
     cache: Mutex<HashMap<(String, String), CachedClient>>,
+    watched: Option<Watched>,
+    revalidate_after: Duration,
 }
 
 impl AtlasClients {
@@ -176,6 +223,51 @@ impl AtlasClients {
             operator_namespace: None,
             tenant_cluster_role: DEFAULT_TENANT_SECRETS_CLUSTER_ROLE.to_string(),
             cache: Mutex::default(),
+            watched: None,
+            revalidate_after: Duration::ZERO,
+        }
+    }
+
+    /// The store of the watched Secrets (labelled, operator namespace, metadata only) and
+    /// whether it has its first listing: a Secret it holds is read only when its version changes.
+    pub fn with_watched_secrets(
+        mut self,
+        store: Store<PartialObjectMeta<Secret>>,
+        synced: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
+        self.watched = Some(Watched { store, synced });
+        self
+    }
+
+    /// How long a client built from a Secret that is not watched serves before the Secret is
+    /// read again (default zero: read on every use).
+    pub fn with_revalidation(mut self, after: Duration) -> Self {
+        self.revalidate_after = after;
+        self
+    }
+
+    /// Read the Secrets an object may use again on their next use (Atlas refused the key
+    /// built from one of them: it may have been rotated).
+    pub fn recheck(&self, from: CredentialsRef<'_>) {
+        let Ok(candidates) = self.candidates(from) else { return };
+        let mut cache = self.cache.lock().expect("client cache");
+        for key in candidates {
+            if let Some(c) = cache.get_mut(&key) {
+                c.checked_at = None;
+            }
+        }
+    }
+
+    fn check(&self, ns: &str, name: &str) -> Check {
+        match &self.watched {
+            Some(w) if *w.synced.borrow() && self.operator_namespace.as_deref() == Some(ns) => {
+                match w.store.get(&ObjectRef::new(name).within(ns)) {
+                    Some(meta) => Check::Watched(meta.metadata.resource_version.clone()),
+                    // Not labelled (or gone): not watched.
+                    None => Check::Unwatched,
+                }
+            }
+            _ => Check::Unwatched,
         }
     }
 
@@ -266,6 +358,12 @@ impl AtlasClients {
         allow_stale: bool,
     ) -> Result<AtlasClient, CredentialsError> {
         let key = (ns.to_string(), name.to_string());
+        let check = self.check(ns, name);
+        if let Some(c) = self.cache.lock().expect("client cache").get(&key)
+            && cached_is_current(&check, &c.resource_version, c.checked_at, Instant::now(), self.revalidate_after)
+        {
+            return Ok(c.client.clone());
+        }
         let (namespace, name) = (ns.to_string(), name.to_string());
         let secret = match Api::<Secret>::namespaced(kube.clone(), ns).get_opt(&name).await {
             Ok(s) => s,
@@ -288,9 +386,10 @@ impl AtlasClients {
             };
         };
         let rv = secret.metadata.resource_version.clone();
-        if let Some(c) = self.cache.lock().expect("client cache").get(&key)
+        if let Some(c) = self.cache.lock().expect("client cache").get_mut(&key)
             && c.resource_version == rv
         {
+            c.checked_at = Some(Instant::now());
             return Ok(c.client.clone());
         }
         let credentials = credentials_from_secret(&secret).map_err(|reason| CredentialsError::Invalid {
@@ -307,10 +406,10 @@ impl AtlasClients {
             name: name.clone(),
             reason: e.to_string(),
         })?;
-        self.cache
-            .lock()
-            .expect("client cache")
-            .insert(key, CachedClient { resource_version: rv, client: client.clone() });
+        self.cache.lock().expect("client cache").insert(
+            key,
+            CachedClient { resource_version: rv, client: client.clone(), checked_at: Some(Instant::now()) },
+        );
         Ok(client)
     }
 }
@@ -339,6 +438,28 @@ mod tests {
         // Its own Secret, in its own namespace: named.
         let own = CredentialsError::Missing { namespace: "team-a".into(), name: "mine".into() };
         assert_eq!(own.seen_from("team-a", Some("acme")), "credentials Secret team-a/mine not found");
+    }
+
+    #[test]
+    fn a_cached_client_serves_without_a_read_while_its_secret_is_known_unchanged() {
+        let now = Instant::now();
+        let period = Duration::from_secs(240);
+        let rv = |v: &str| Some(v.to_string());
+        let ago = |s: u64| now.checked_sub(Duration::from_secs(s));
+        // (how the Secret is known, cached version, last read, serves without a read)
+        let cases: &[(Check, Option<String>, Option<Instant>, bool)] = &[
+            (Check::Watched(rv("7")), rv("7"), ago(10_000), true),
+            (Check::Watched(rv("8")), rv("7"), ago(1), false),
+            (Check::Watched(None), None, ago(1), false),
+            (Check::Unwatched, rv("7"), ago(10), true),
+            (Check::Unwatched, rv("7"), ago(240), false),
+            (Check::Unwatched, rv("7"), None, false),
+        ];
+        for (check, cached, at, expected) in cases {
+            assert_eq!(cached_is_current(check, cached, *at, now, period), *expected, "{check:?} {cached:?} {at:?}");
+        }
+        // Without a revalidation period (the default) an unwatched Secret is read on every use.
+        assert!(!cached_is_current(&Check::Unwatched, &rv("7"), Some(now), now, Duration::ZERO));
     }
 
     #[test]

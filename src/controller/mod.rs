@@ -4,6 +4,8 @@
 
 pub mod audit;
 pub mod credentials;
+pub mod feed;
+pub mod indexes;
 pub mod leader;
 mod object;
 mod org_user;
@@ -12,7 +14,7 @@ pub mod rbac;
 pub mod status;
 mod team;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -36,6 +38,8 @@ use crate::metrics::ControllerMetrics;
 use crate::reconcile::{ActionError, ActionOutcome};
 use crate::telemetry::LogFormat;
 use credentials::{AtlasClients, CREDENTIALS_LABEL, CREDENTIALS_LABEL_VALUE, CredentialsError};
+use feed::{Feed, all_ready, gated, own_changes};
+use indexes::{Index, Indexes, Key};
 
 /// How often, at most, the audit gauges are recomputed from the index (more often when the
 /// index is refreshed more often).
@@ -65,7 +69,10 @@ pub struct RunArgs {
     /// How often a converged object is checked against Atlas again (drift), with ±10% jitter.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub resync_interval: Duration,
-    /// How long one listing of an organization's users serves every object of that organization.
+    /// How long one listing of an organization's users serves every object of that
+    /// organization, at least: the listing is made again once it is older than this or than
+    /// --resync-interval, whichever is longer, so at idle each organization is listed once per
+    /// resync period (or per this interval, if longer), never twice.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub index_refresh_interval: Duration,
     /// Log line format.
@@ -115,6 +122,20 @@ pub struct RunArgs {
     pub reconcile_timeout: Duration,
 }
 
+impl RunArgs {
+    /// How long one organization listing serves: the longer of the index refresh interval and
+    /// the resync interval (a drift check never lists an organization twice a period).
+    pub fn listing_interval(&self) -> Duration {
+        self.index_refresh_interval.max(self.resync_interval)
+    }
+
+    /// How long a client built from a Secret that is not watched serves before the Secret is
+    /// read again: below the shortest jittered resync (0.9x), so each drift check reads it.
+    pub fn secret_revalidation(&self) -> Duration {
+        self.resync_interval.mul_f64(0.8)
+    }
+}
+
 /// Everything reconciles share.
 pub struct Context {
     pub kube: Client,
@@ -127,6 +148,8 @@ pub struct Context {
     pub organizations: Store<AtlasOrganization>,
     /// The other writers of a team come from here (and from `org_users`).
     pub teams: Store<AtlasTeamMembership>,
+    /// Lookups into the three stores, kept up to date from the same watch events.
+    pub indexes: Indexes,
     pub resync_interval: Duration,
     pub deletion_protection: bool,
     /// How long before its expiry a pending invitation is flagged (`InvitationExpiringSoon`).
@@ -296,6 +319,10 @@ impl Context {
             metrics,
             clients,
             index,
+            indexes: Indexes {
+                org_users: Arc::new(Index::of_store(indexes::org_user_keys, &org_users)),
+                ..Indexes::default()
+            },
             org_users,
             organizations: kube::runtime::reflector::store::Writer::default().as_reader(),
             teams: kube::runtime::reflector::store::Writer::default().as_reader(),
@@ -315,6 +342,7 @@ impl Context {
 
     /// The AtlasOrganizations the reconciles consult (default: none).
     pub fn with_organizations(mut self, organizations: Store<AtlasOrganization>) -> Self {
+        self.indexes.organizations = Arc::new(Index::of_store(indexes::organization_keys, &organizations));
         self.organizations = organizations;
         self
     }
@@ -322,6 +350,7 @@ impl Context {
     /// The AtlasTeamMembership store, where the other writers of a team are found (without
     /// it, [`Context::new`] knows none).
     pub fn with_teams(mut self, teams: Store<AtlasTeamMembership>) -> Self {
+        self.indexes.teams = Arc::new(Index::of_store(indexes::team_keys, &teams));
         self.teams = teams;
         self
     }
@@ -434,100 +463,128 @@ pub async fn reconcile_team_membership(obj: Arc<AtlasTeamMembership>, ctx: Arc<C
 
 /// Secrets labelled as Atlas credentials (in the operator's namespace): which objects use the
 /// one that changed, by their own reference, their AtlasOrganization's, or as the default.
+/// Candidates come from the indexes (own reference; the organizations naming the Secret);
+/// only a change of the default Secret looks at every object.
 fn objects_using_secret<K>(
+    index: &Index<K>,
     store: &Store<K>,
-    organizations: &Store<AtlasOrganization>,
-    clients: &AtlasClients,
+    ctx: &Context,
     secret: &PartialObjectMeta<Secret>,
     secret_ref: impl Fn(&K) -> Option<String>,
     org_id: impl Fn(&K) -> String,
 ) -> Vec<ObjectRef<K>>
 where
-    K: Resource<DynamicType = ()> + Clone + 'static,
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
 {
     let ns = secret.namespace().unwrap_or_default();
     let name = secret.name_any();
-    let orgs = organizations.state();
-    store
-        .state()
+    let candidates: Vec<Arc<K>> = if ctx.clients.is_default(&ns, &name) {
+        store.state()
+    } else {
+        let mut keys = vec![Key::Secret(ns.clone(), name.clone())];
+        if ctx.clients.operator_namespace() == Some(ns.as_str()) {
+            keys.extend(
+                ctx.organizations
+                    .state()
+                    .iter()
+                    .filter(|o| o.spec.credentials_secret_ref.name == name)
+                    .map(|o| Key::Org(o.spec.org_id.clone())),
+            );
+        }
+        index.objects_any(&keys, store)
+    };
+    candidates
         .iter()
         .filter(|o| {
-            let organization = orgs.iter().filter(|a| a.spec.org_id == org_id(o)).min_by_key(|a| a.name_any());
+            let organization = organizations_of_org(ctx, &org_id(o)).into_iter().next();
             let (object_ns, own) = (o.namespace().unwrap_or_default(), secret_ref(o));
             let from = credentials::CredentialsRef {
                 namespace: &object_ns,
                 own: own.as_deref(),
-                organization: organization.map(|a| {
+                organization: organization.as_ref().map(|a| {
                     (a.metadata.name.as_deref().unwrap_or_default(), a.spec.credentials_secret_ref.name.as_str())
                 }),
             };
-            clients.secret_for(from).is_some_and(|(n, s)| n == ns && s == name)
+            ctx.clients.secret_for(from).is_some_and(|(n, s)| n == ns && s == name)
         })
         .map(|o| ObjectRef::from_obj(o.as_ref()))
         .collect()
+}
+
+/// The AtlasOrganizations naming `org_id`, by name.
+fn organizations_of_org(ctx: &Context, org_id: &str) -> Vec<Arc<AtlasOrganization>> {
+    ctx.indexes.organizations.objects(&Key::Org(org_id.to_string()), &ctx.organizations)
 }
 
 /// The team memberships an AtlasOrgUser's change concerns: those listing it by `orgUserRef`
 /// (same namespace) or by username (same organization, any case), and those of a team its
 /// `teamIds` name.
 pub fn teams_affected_by_org_user(
-    teams: &Store<AtlasTeamMembership>,
+    index: &Index<AtlasTeamMembership>,
     user: &AtlasOrgUser,
 ) -> Vec<ObjectRef<AtlasTeamMembership>> {
-    let (ns, name) = (user.namespace(), user.name_any());
-    let username = crate::reconcile::username_key(&user.spec.username);
-    teams
-        .state()
-        .iter()
-        .filter(|t| {
-            let by_ref = t.namespace() == ns
-                && t.spec.members.iter().any(|m| m.org_user_ref.as_ref().is_some_and(|r| r.name == name));
-            let same_org = t.spec.org_id == user.spec.org_id;
-            let by_username = same_org
-                && t.spec
-                    .members
-                    .iter()
-                    .any(|m| m.username.as_deref().is_some_and(|u| crate::reconcile::username_key(u) == username));
-            let by_team_id = same_org
-                && t.status
-                    .as_ref()
-                    .and_then(|s| s.team_id.as_ref())
-                    .or(t.spec.team.id.as_ref())
-                    .is_some_and(|id| user.spec.team_ids.contains(id));
-            by_ref || by_username || by_team_id
-        })
-        .map(|t| ObjectRef::from_obj(t.as_ref()))
-        .collect()
+    let org = user.spec.org_id.clone();
+    let mut keys = vec![
+        Key::OrgUserRef(user.namespace().unwrap_or_default(), user.name_any()),
+        Key::Username(org.clone(), crate::reconcile::username_key(&user.spec.username)),
+    ];
+    keys.extend(user.spec.team_ids.iter().map(|id| Key::TeamId(org.clone(), id.clone())));
+    let mut refs: Vec<ObjectRef<AtlasTeamMembership>> = keys.iter().flat_map(|k| index.refs(k)).collect();
+    refs.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    refs.dedup();
+    refs
 }
 
 /// The other team memberships of the same organization and team as `team` (by pinned or
 /// spec id, or by name), so a conflict ends as soon as its cause changes.
-fn co_writers(teams: &Store<AtlasTeamMembership>, team: &AtlasTeamMembership) -> Vec<ObjectRef<AtlasTeamMembership>> {
-    let key = |t: &AtlasTeamMembership| {
-        let id = t.status.as_ref().and_then(|s| s.team_id.clone()).or_else(|| t.spec.team.id.clone());
-        (id, t.spec.team.name.as_deref().map(str::to_lowercase))
-    };
-    let (id, name) = key(team);
-    teams
-        .state()
-        .iter()
-        .filter(|t| t.uid() != team.uid() && t.spec.org_id == team.spec.org_id)
-        .filter(|t| {
-            let (other_id, other_name) = key(t);
-            (id.is_some() && other_id == id) || (name.is_some() && other_name == name)
-        })
-        .map(|t| ObjectRef::from_obj(t.as_ref()))
-        .collect()
+fn co_writers(index: &Index<AtlasTeamMembership>, team: &AtlasTeamMembership) -> Vec<ObjectRef<AtlasTeamMembership>> {
+    let (id, name) = indexes::team_of(team);
+    let org = team.spec.org_id.clone();
+    let keys: Vec<Key> = id
+        .map(|id| Key::TeamId(org.clone(), id))
+        .into_iter()
+        .chain(name.map(|name| Key::TeamName(org.clone(), name)))
+        .collect();
+    let me = ObjectRef::from_obj(team);
+    let mut refs: Vec<ObjectRef<AtlasTeamMembership>> =
+        keys.iter().flat_map(|k| index.refs(k)).filter(|r| *r != me).collect();
+    refs.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    refs.dedup();
+    refs
 }
 
-/// The usernames of AtlasOrgUsers by name, in one namespace (for `orgUserRef`).
-pub fn org_user_refs(store: &Store<AtlasOrgUser>, namespace: &str) -> BTreeMap<String, String> {
-    store
-        .state()
-        .iter()
-        .filter(|u| u.namespace().as_deref() == Some(namespace))
-        .map(|u| (u.name_any(), u.spec.username.clone()))
-        .collect()
+/// What a team's planning reads of an AtlasOrgUser: its spec (username, orgId, teamIds), its
+/// deletion, and what Atlas reported of it (user id, membership status, teams). Its
+/// conditions and other status fields do not re-trigger the teams that list it.
+fn team_relevant(user: &AtlasOrgUser) -> Option<u64> {
+    let status = user.status.as_ref();
+    Some(feed::hash_of(&(
+        user.metadata.generation,
+        user.metadata.deletion_timestamp.as_ref().map(|t| t.0.as_second()),
+        status.and_then(|s| s.user_id.as_deref()),
+        status.and_then(|s| s.membership_status.as_deref()),
+        status.map(|s| &s.team_ids),
+    )))
+}
+
+/// What another writer of the same team is judged by: its spec, its deletion, its pinned team.
+fn co_writer_relevant(team: &AtlasTeamMembership) -> Option<u64> {
+    Some(feed::hash_of(&(
+        team.metadata.generation,
+        team.metadata.deletion_timestamp.as_ref().map(|t| t.0.as_second()),
+        team.status.as_ref().and_then(|s| s.team_id.as_deref()),
+    )))
+}
+
+/// What the objects of an organization read of their AtlasOrganization: its spec (and labels,
+/// annotations, deletion); not its status, which its own controller writes.
+fn organization_relevant(org: &AtlasOrganization) -> Option<u64> {
+    own_changes(org)
+}
+
+/// A credentials Secret (metadata only): any new version may carry new keys.
+fn secret_version(secret: &PartialObjectMeta<Secret>) -> Option<u64> {
+    secret.metadata.resource_version.as_ref().map(feed::hash_of)
 }
 
 fn watcher_config(args: &RunArgs) -> watcher::Config {
@@ -635,17 +692,37 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
     // A turn further away is written to the status (position, ETA) and requeued instead.
     template.invitation_max_wait = (args.reconcile_timeout / 3).min(Duration::from_secs(60));
     let clients = AtlasClients::new(template, default_secret)
-        .with_tenancy(args.operator_namespace.clone(), &args.tenant_secrets_cluster_role);
+        .with_tenancy(args.operator_namespace.clone(), &args.tenant_secrets_cluster_role)
+        .with_revalidation(args.secret_revalidation());
 
     let wc = watcher_config(&args);
     let ns = args.namespace.as_deref();
-    let org_user_ctrl = Controller::new(namespaced_or_all::<AtlasOrgUser>(&kube, ns), wc.clone());
-    let team_ctrl = Controller::new(namespaced_or_all::<AtlasTeamMembership>(&kube, ns), wc.clone());
-    let organization_ctrl = Controller::new(Api::<AtlasOrganization>::all(kube.clone()), watcher::Config::default());
-    let org_users = org_user_ctrl.store();
-    let teams = team_ctrl.store();
-    let organizations = organization_ctrl.store();
+    // One watch per kind, one store per kind, shared by every controller and mapper.
+    let indexes = Indexes::default();
+    let mut user_feed = Feed::<AtlasOrgUser>::new();
+    let mut team_feed = Feed::<AtlasTeamMembership>::new();
+    let mut org_feed = Feed::<AtlasOrganization>::new();
+    user_feed.observe(indexes.org_users.clone());
+    team_feed.observe(indexes.teams.clone());
+    org_feed.observe(indexes.organizations.clone());
+    // Labelled Secrets are watched (metadata only) in the operator's namespace only (least
+    // privilege: a Role there); a tenant's own Secret is validated as `credentials.rs` says.
+    let operator_ns = args.operator_namespace.clone();
+    let mut secret_feed = operator_ns.as_ref().map(|_| Feed::<PartialObjectMeta<Secret>>::new());
+    let org_users = user_feed.store();
+    let teams = team_feed.store();
+    let organizations = org_feed.store();
+    let mut synced = vec![user_feed.ready(), team_feed.ready(), org_feed.ready()];
+    if let Some(f) = &secret_feed {
+        synced.push(f.ready());
+    }
+    // No reconcile of any kind starts before every store it reads has its first listing.
+    let gate = || all_ready(synced.clone());
 
+    let clients = match &secret_feed {
+        Some(f) => clients.with_watched_secrets(f.store(), f.ready()),
+        None => clients,
+    };
     let ctx = Arc::new(Context {
         kube: kube.clone(),
         recorder: Recorder::new(
@@ -654,10 +731,11 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         ),
         metrics,
         clients,
-        index: OrgUserIndex::new(args.index_refresh_interval),
+        index: OrgUserIndex::new(args.listing_interval()),
         org_users: org_users.clone(),
         organizations: organizations.clone(),
         teams: teams.clone(),
+        indexes,
         resync_interval: args.resync_interval,
         deletion_protection: args.deletion_protection,
         invitation_warning: args.invitation_warning,
@@ -665,77 +743,77 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         backoff: Mutex::default(),
     });
 
-    let secret_wc = watcher::Config::default().labels(&format!("{CREDENTIALS_LABEL}={CREDENTIALS_LABEL_VALUE}"));
-    // Labelled Secrets are watched in the operator's namespace only (least privilege: a Role
-    // there); a tenant's own Secret is read again on each reconcile.
-    let operator_ns = args.operator_namespace.clone();
-    let secrets = || operator_ns.as_deref().map(|ns| Api::<PartialObjectMeta<Secret>>::namespaced(kube.clone(), ns));
     let config = ControllerConfig::default().concurrency(args.concurrency);
-    let organizations_api = || Api::<AtlasOrganization>::all(kube.clone());
 
-    let (ctx_a, store_a) = (ctx.clone(), org_users.clone());
-    let store_a2 = org_users.clone();
-    let mut org_user_ctrl = org_user_ctrl
-        .with_config(config.clone())
-        // An AtlasOrganization's change (namespaces, ceilings, credentials) re-judges its objects.
-        .watches(organizations_api(), watcher::Config::default(), move |org: AtlasOrganization| {
-            store_a2
-                .state()
-                .iter()
-                .filter(|o| o.spec.org_id == org.spec.org_id)
-                .map(|o| ObjectRef::from_obj(o.as_ref()))
-                .collect::<Vec<_>>()
-        });
-    if let Some(api) = secrets() {
-        org_user_ctrl = org_user_ctrl.watches(api, secret_wc.clone(), move |s| {
-            objects_using_secret(
-                &store_a,
-                &ctx_a.organizations,
-                &ctx_a.clients,
-                &s,
-                |o: &AtlasOrgUser| o.spec.credentials_secret_ref.as_ref().map(|r| r.name.clone()),
-                |o: &AtlasOrgUser| o.spec.org_id.clone(),
-            )
-        });
+    // AtlasOrgUser: its own changes (not its status), its AtlasOrganization, its Secret.
+    let (ctx_a, ctx_a2) = (ctx.clone(), ctx.clone());
+    let mut org_user_ctrl = Controller::for_shared_stream(
+        gated(gate(), user_feed.subscribe(Some(own_changes::<AtlasOrgUser>), false)),
+        org_users.clone(),
+    )
+    .with_config(config.clone())
+    // An AtlasOrganization's change (namespaces, ceilings, credentials) re-judges its objects.
+    .watches_shared_stream(
+        gated(gate(), org_feed.subscribe(Some(organization_relevant), true)),
+        move |org: Arc<AtlasOrganization>| ctx_a2.indexes.org_users.refs(&Key::Org(org.spec.org_id.clone())),
+    );
+    if let Some(f) = secret_feed.as_mut() {
+        org_user_ctrl = org_user_ctrl.watches_shared_stream(
+            gated(gate(), f.subscribe(Some(secret_version), true)),
+            move |s: Arc<PartialObjectMeta<Secret>>| {
+                objects_using_secret(
+                    &ctx_a.indexes.org_users,
+                    &ctx_a.org_users,
+                    &ctx_a,
+                    &s,
+                    |o: &AtlasOrgUser| o.spec.credentials_secret_ref.as_ref().map(|r| r.name.clone()),
+                    |o: &AtlasOrgUser| o.spec.org_id.clone(),
+                )
+            },
+        );
     }
     let org_user_run = org_user_ctrl
         .graceful_shutdown_on(wait(shutdown.clone()))
         .run(reconcile_org_user, error_policy, ctx.clone())
         .for_each(log_run_error);
 
-    let (ctx_b, teams_b) = (ctx.clone(), teams.clone());
-    let (teams_c, teams_d) = (teams.clone(), teams.clone());
-    let teams_e = teams.clone();
-    let mut team_ctrl = team_ctrl
-        .with_config(config.clone())
-        .watches(organizations_api(), watcher::Config::default(), move |org: AtlasOrganization| {
-            teams_d
-                .state()
-                .iter()
-                .filter(|t| t.spec.org_id == org.spec.org_id)
-                .map(|t| ObjectRef::from_obj(t.as_ref()))
-                .collect::<Vec<_>>()
-        })
-        // An AtlasOrgUser (its invitation, its user id, its teamIds) feeds the teams that list
-        // it, by orgUserRef or by username, and the teams its teamIds name.
-        .watches(namespaced_or_all::<AtlasOrgUser>(&kube, ns), wc.clone(), move |user: AtlasOrgUser| {
-            teams_affected_by_org_user(&teams_c, &user)
-        })
-        // A team membership's change (created, deleted, mode) decides who else may write its team.
-        .watches(namespaced_or_all::<AtlasTeamMembership>(&kube, ns), wc, move |team: AtlasTeamMembership| {
-            co_writers(&teams_e, &team)
-        });
-    if let Some(api) = secrets() {
-        team_ctrl = team_ctrl.watches(api, secret_wc.clone(), move |s| {
-            objects_using_secret(
-                &teams_b,
-                &ctx_b.organizations,
-                &ctx_b.clients,
-                &s,
-                |o: &AtlasTeamMembership| o.spec.credentials_secret_ref.as_ref().map(|r| r.name.clone()),
-                |o: &AtlasTeamMembership| o.spec.org_id.clone(),
-            )
-        });
+    // AtlasTeamMembership: its own changes, its AtlasOrganization, what its planning reads of
+    // the AtlasOrgUsers it names, its co-writers, its Secret.
+    let (ctx_b, ctx_c, ctx_d, ctx_e) = (ctx.clone(), ctx.clone(), ctx.clone(), ctx.clone());
+    let mut team_ctrl = Controller::for_shared_stream(
+        gated(gate(), team_feed.subscribe(Some(own_changes::<AtlasTeamMembership>), false)),
+        teams.clone(),
+    )
+    .with_config(config.clone())
+    .watches_shared_stream(
+        gated(gate(), org_feed.subscribe(Some(organization_relevant), true)),
+        move |org: Arc<AtlasOrganization>| ctx_d.indexes.teams.refs(&Key::Org(org.spec.org_id.clone())),
+    )
+    // An AtlasOrgUser (its invitation, its user id, its teamIds) feeds the teams that list
+    // it, by orgUserRef or by username, and the teams its teamIds name.
+    .watches_shared_stream(
+        gated(gate(), user_feed.subscribe(Some(team_relevant), true)),
+        move |user: Arc<AtlasOrgUser>| teams_affected_by_org_user(&ctx_c.indexes.teams, &user),
+    )
+    // A team membership's change (created, deleted, mode) decides who else may write its team.
+    .watches_shared_stream(
+        gated(gate(), team_feed.subscribe(Some(co_writer_relevant), true)),
+        move |team: Arc<AtlasTeamMembership>| co_writers(&ctx_e.indexes.teams, &team),
+    );
+    if let Some(f) = secret_feed.as_mut() {
+        team_ctrl = team_ctrl.watches_shared_stream(
+            gated(gate(), f.subscribe(Some(secret_version), true)),
+            move |s: Arc<PartialObjectMeta<Secret>>| {
+                objects_using_secret(
+                    &ctx_b.indexes.teams,
+                    &ctx_b.teams,
+                    &ctx_b,
+                    &s,
+                    |o: &AtlasTeamMembership| o.spec.credentials_secret_ref.as_ref().map(|r| r.name.clone()),
+                    |o: &AtlasTeamMembership| o.spec.org_id.clone(),
+                )
+            },
+        );
     }
     let team_run = team_ctrl
         .graceful_shutdown_on(wait(shutdown.clone()))
@@ -743,16 +821,23 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         .for_each(log_run_error);
 
     let organizations_c = organizations.clone();
-    let mut organization_ctrl = organization_ctrl.with_config(config);
-    if let Some(api) = secrets() {
-        organization_ctrl = organization_ctrl.watches(api, secret_wc, move |s| {
-            organizations_c
-                .state()
-                .iter()
-                .filter(|o| o.spec.credentials_secret_ref.name == s.name_any())
-                .map(|o| ObjectRef::from_obj(o.as_ref()))
-                .collect::<Vec<_>>()
-        });
+    let mut organization_ctrl = Controller::for_shared_stream(
+        gated(gate(), org_feed.subscribe(Some(own_changes::<AtlasOrganization>), false)),
+        organizations.clone(),
+    )
+    .with_config(config);
+    if let Some(f) = secret_feed.as_mut() {
+        organization_ctrl = organization_ctrl.watches_shared_stream(
+            gated(gate(), f.subscribe(Some(secret_version), true)),
+            move |s: Arc<PartialObjectMeta<Secret>>| {
+                organizations_c
+                    .state()
+                    .iter()
+                    .filter(|o| o.spec.credentials_secret_ref.name == s.name_any())
+                    .map(|o| ObjectRef::from_obj(o.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        );
     }
     let organization_run = organization_ctrl
         .graceful_shutdown_on(wait(shutdown.clone()))
@@ -760,15 +845,23 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         .for_each(log_run_error);
     let all_runs = futures::future::join3(org_user_run, team_run, organization_run);
 
+    // The watches, each driven on its own (every subscriber is registered by now).
+    tokio::spawn(user_feed.run(namespaced_or_all::<AtlasOrgUser>(&kube, ns), wc.clone()));
+    tokio::spawn(team_feed.run(namespaced_or_all::<AtlasTeamMembership>(&kube, ns), wc));
+    tokio::spawn(org_feed.run(Api::<AtlasOrganization>::all(kube.clone()), watcher::Config::default()));
+    if let (Some(f), Some(ns)) = (secret_feed, operator_ns.as_deref()) {
+        let secret_wc = watcher::Config::default().labels(&format!("{CREDENTIALS_LABEL}={CREDENTIALS_LABEL_VALUE}"));
+        tokio::spawn(f.run(Api::<PartialObjectMeta<Secret>>::namespaced(kube.clone(), ns), secret_wc));
+    }
+
     let readiness = {
-        let (org_users, teams, ready) = (org_users.clone(), teams.clone(), ready.clone());
-        let ctx = ctx.clone();
+        let (ready, ctx) = (ready.clone(), ctx.clone());
+        let synced = gate();
         async move {
-            if store_ready(&org_users).await && store_ready(&teams).await && store_ready(&ctx.organizations).await {
-                ready.store(true, Ordering::Relaxed);
-                tracing::info!("caches synced; ready");
-                check_atlas_reachable(&ctx).await;
-            }
+            synced.await;
+            ready.store(true, Ordering::Relaxed);
+            tracing::info!("caches synced; ready");
+            check_atlas_reachable(&ctx).await;
         }
     };
     tokio::spawn(readiness);
@@ -806,20 +899,6 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
     shutdown.notify_waiters();
     let _ = http_task.await;
     if lost_leadership { Err("lost leadership".into()) } else { Ok(()) }
-}
-
-/// Wait until a reflector store has its first listing. kube's readiness signal wakes only
-/// the most recent waiter (the Controller's own runner also waits on it), so poll it
-/// again every half second instead of relying on a wake-up.
-async fn store_ready<K>(store: &Store<K>) -> bool
-where
-    K: Resource<DynamicType = ()> + Clone + 'static,
-{
-    loop {
-        if let Ok(result) = tokio::time::timeout(Duration::from_millis(500), store.wait_until_ready()).await {
-            return result.is_ok();
-        }
-    }
 }
 
 /// Watch and queue errors of a Controller's stream (reconcile errors are logged by `error_policy`).

@@ -193,11 +193,7 @@ async fn write_failure<K: Managed>(
 /// refuse it, if they do. Reads the namespace only when a label selector has to decide.
 /// The AtlasOrganizations of the object's organization, by name (from the store).
 fn organizations_of<K: Managed>(obj: &K, ctx: &Context) -> Vec<Arc<AtlasOrganization>> {
-    let org_id = obj.tenancy_request().org_id().to_string();
-    let mut orgs: Vec<Arc<AtlasOrganization>> =
-        ctx.organizations.state().into_iter().filter(|o| o.spec.org_id == org_id).collect();
-    orgs.sort_by_key(|o| o.name_any());
-    orgs
+    super::organizations_of_org(ctx, obj.tenancy_request().org_id())
 }
 
 /// The object's own deletion policy, else its AtlasOrganization's default, else `Delete`.
@@ -257,6 +253,10 @@ async fn converge<K: Managed>(api: &Api<K>, obj: Arc<K>, ctx: &Context, deleting
         Err(EngineError::Atlas(e)) => {
             let failure = engine::action_error(&e);
             let observed = if e.class() == ErrorClass::Auth { Observed::Clear } else { Observed::Keep };
+            if e.class() == ErrorClass::Auth {
+                // The key may have been rotated: read its Secret again on the next attempt.
+                ctx.clients.recheck(from);
+            }
             write_failure(
                 api,
                 obj.as_ref(),

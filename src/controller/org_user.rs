@@ -1,9 +1,10 @@
-//! AtlasOrgUser in the controller: conflicts come from the controller's own store.
+//! AtlasOrgUser in the controller: conflicts come from the index of the controller's store.
 
 use jiff::Timestamp;
 use kube::ResourceExt;
 
 use super::Context;
+use super::indexes::Key;
 use super::object::Managed;
 use kube::Api;
 
@@ -17,12 +18,12 @@ use crate::reconcile::{Claim, username_key};
 
 /// Other live objects that claim the same (orgId, username).
 fn rivals(obj: &AtlasOrgUser, ctx: &Context) -> Vec<Claim> {
-    let key = username_key(&obj.spec.username);
-    ctx.org_users
-        .state()
+    let key = Key::Username(obj.spec.org_id.clone(), username_key(&obj.spec.username));
+    ctx.indexes
+        .org_users
+        .objects(&key, &ctx.org_users)
         .iter()
         .filter(|o| o.uid() != obj.uid() && o.metadata.deletion_timestamp.is_none())
-        .filter(|o| o.spec.org_id == obj.spec.org_id && username_key(&o.spec.username) == key)
         .map(|o| Claim::of(&o.metadata))
         .collect()
 }

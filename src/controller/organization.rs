@@ -46,10 +46,11 @@ fn status_with(
 /// Users of the organization that an AtlasOrgUser of this organization declares and that its
 /// organization did not refuse.
 fn managed_usernames(obj: &AtlasOrganization, ctx: &Context) -> BTreeSet<String> {
-    ctx.org_users
-        .state()
+    ctx.indexes
+        .org_users
+        .objects(&super::indexes::Key::Org(obj.spec.org_id.clone()), &ctx.org_users)
         .iter()
-        .filter(|u| u.spec.org_id == obj.spec.org_id && u.metadata.deletion_timestamp.is_none())
+        .filter(|u| u.metadata.deletion_timestamp.is_none())
         .filter(|u| {
             let refused = u.status.as_ref().and_then(|s| conditions::find(&s.conditions, READY));
             refused.is_none_or(|c| c.reason != NOT_ALLOWED)
