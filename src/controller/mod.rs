@@ -4,6 +4,7 @@
 
 pub mod audit;
 pub mod credentials;
+pub mod events;
 pub mod feed;
 pub mod indexes;
 pub mod leader;
@@ -24,7 +25,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
@@ -129,6 +130,12 @@ impl RunArgs {
         self.index_refresh_interval.max(self.resync_interval)
     }
 
+    /// How long a team's member listing (made by the engine, updated from its own writes)
+    /// serves: below the shortest jittered resync (0.9x), so every drift check lists.
+    pub fn member_listing_interval(&self) -> Duration {
+        self.resync_interval.mul_f64(0.8)
+    }
+
     /// How long a client built from a Secret that is not watched serves before the Secret is
     /// read again: below the shortest jittered resync (0.9x), so each drift check reads it.
     pub fn secret_revalidation(&self) -> Duration {
@@ -139,7 +146,7 @@ impl RunArgs {
 /// Everything reconciles share.
 pub struct Context {
     pub kube: Client,
-    pub recorder: Recorder,
+    pub recorder: events::EventRecorder,
     pub metrics: ControllerMetrics,
     pub clients: AtlasClients,
     pub index: OrgUserIndex,
@@ -312,7 +319,8 @@ impl Context {
         resync_interval: Duration,
         deletion_protection: bool,
     ) -> Self {
-        let recorder = Recorder::new(kube.clone(), Reporter { controller: CONTROLLER_NAME.into(), instance: None });
+        let recorder =
+            events::EventRecorder::new(kube.clone(), Reporter { controller: CONTROLLER_NAME.into(), instance: None });
         Self {
             kube,
             recorder,
@@ -725,13 +733,13 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
     };
     let ctx = Arc::new(Context {
         kube: kube.clone(),
-        recorder: Recorder::new(
+        recorder: events::EventRecorder::new(
             kube.clone(),
             Reporter { controller: CONTROLLER_NAME.into(), instance: std::env::var("POD_NAME").ok() },
         ),
         metrics,
         clients,
-        index: OrgUserIndex::new(args.listing_interval()),
+        index: OrgUserIndex::new(args.listing_interval()).with_member_listing_interval(args.member_listing_interval()),
         org_users: org_users.clone(),
         organizations: organizations.clone(),
         teams: teams.clone(),
@@ -865,6 +873,19 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         }
     };
     tokio::spawn(readiness);
+    // kube's event cache is pruned only when an event is published: drop it once idle.
+    {
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(events::PRUNE_EVERY);
+            loop {
+                tick.tick().await;
+                if ctx.recorder.prune_idle(Instant::now()) {
+                    tracing::debug!("event recorder cache dropped: every entry had expired");
+                }
+            }
+        });
+    }
     // Audit gauges from the listings the reconciles made: no Atlas call of their own.
     let audit_every = args.index_refresh_interval.clamp(Duration::from_secs(1), AUDIT_PUBLISH_INTERVAL);
     tokio::spawn(audit::publish_forever(audit_metrics, ctx.clone(), teams.clone(), audit_every));
