@@ -586,3 +586,50 @@ async fn a_renamed_team_keeps_being_managed_and_a_new_team_of_the_old_name_is_le
     assert_eq!(state.team_member_ids(&org, &team_id).len(), 2, "bob joined the pinned team");
     assert!(state.team_member_ids(&org, &impostor).is_empty(), "the new team of the old name is left alone");
 }
+
+/// A team re-triggered by one member's change (here: its `orgUserRef` now resolves, and the
+/// user was just invited) plans from the member listing the engine made itself and kept up to
+/// date from its own writes: no second `listOrgTeamUsers` until the listing is due.
+#[tokio::test]
+async fn a_member_change_re_plans_the_team_from_its_remembered_listing() {
+    let (sim, state) = start();
+    let org = state.add_org("acme");
+    let team_id = state.add_team(&org, "platform-admins");
+    state.add_user(&org, "carol@example.com", MembershipStatus::Active, &["ORG_MEMBER"]);
+    let client = client(&sim, RetryPolicy::default());
+    let index = OrgUserIndex::new(Duration::from_secs(600)).with_member_listing_interval(Duration::from_secs(240));
+    let team = team_membership(
+        "admins",
+        &org,
+        TeamRef { id: Some(team_id.clone()), name: None },
+        vec![by_name("carol@example.com"), by_ref("dave")],
+    );
+    let now = Timestamp::now();
+    let nobody = TeamSurroundings::default();
+    let report = reconcile_team_membership(&client, &index, &team, &nobody, Mode::Apply, now, &InMemory).await.unwrap();
+    assert_eq!(state.team_member_ids(&org, &team_id).len(), 1, "carol");
+    assert_eq!(state.counters().total("listOrgTeamUsers"), 1);
+    let team = AtlasTeamMembership { status: Some(report.status.clone()), ..team };
+
+    // dave's AtlasOrgUser appears and is invited: its status change re-triggers the team.
+    let dave = org_user("dave", &org, "dave@example.com", &[OrgRole::OrgMember]);
+    reconcile_org_user(&client, &index, &dave, &[], Mode::Apply, now).await.unwrap();
+    state.reset_counters();
+    let around = TeamSurroundings {
+        org_user_refs: BTreeMap::from([("dave".to_string(), "dave@example.com".to_string())]),
+        writers: vec![],
+    };
+    let report = reconcile_team_membership(&client, &index, &team, &around, Mode::Apply, now, &InMemory).await.unwrap();
+    let counters = state.counters();
+    assert_eq!(counters.total("listOrgTeamUsers"), 0, "{counters:?}");
+    assert_eq!(counters.total("addOrgTeamUser"), 1, "{counters:?}");
+    assert_eq!(state.team_member_ids(&org, &team_id).len(), 2, "carol and dave");
+
+    // Once more: the remembered listing holds dave (from the add's answer): nothing to do.
+    state.reset_counters();
+    let team = AtlasTeamMembership { status: Some(report.status.clone()), ..team };
+    let report = reconcile_team_membership(&client, &index, &team, &around, Mode::Apply, now, &InMemory).await.unwrap();
+    assert!(report.plan.plan.actions.is_empty(), "{:?}", report.plan.plan.actions);
+    assert_eq!(state.counters().total_requests(), 0, "{:?}", state.counters());
+    assert_eq!(report.status.member_count, Some(2));
+}

@@ -10,8 +10,8 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use kube::Client;
 use k8s_openapi::api::core::v1::ObjectReference;
+use kube::Client;
 use kube::runtime::events::{Event, Recorder, Reporter};
 
 /// kube-runtime's event cache TTL (`events.rs`, `CACHE_TTL`), and a margin for the clocks.

@@ -15,6 +15,15 @@
 //! costs one member listing per reconcile instead of a lookup plus a listing. Team names
 //! change rarely; a stale name is corrected when the member listing answers 404 or the team
 //! entry ages past its own interval.
+//!
+//! With a member listing interval (the controller sets it below its resync interval), the
+//! index also keeps each team's member listing, per credential: a listing the engine made
+//! itself, updated from its own writes' answers (adds, removals, a user removed from the
+//! organization), is as good as a new one until the next drift check, like the organization
+//! listing. A team re-triggered by one member's change then plans from it instead of listing
+//! the members again. A write by another credential to the organization makes the others'
+//! member listings stale, as for the user snapshots; a listing that contradicts (404) is
+//! dropped with the team.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,7 +34,7 @@ use tokio::time::Instant;
 
 use crate::atlas::models::{OrgUser, Team};
 use crate::atlas::{AtlasClient, AtlasError, CredentialIdentity, ListOrgUsersQuery};
-use crate::reconcile::{Action, ActionOutcome, OrgUserDirectory};
+use crate::reconcile::{Action, ActionOutcome, ObservedTeam, OrgUserDirectory};
 
 /// How long a remembered team (id and name) is trusted by default.
 pub const DEFAULT_TEAM_REFRESH_INTERVAL: Duration = Duration::from_secs(3600);
@@ -52,6 +61,12 @@ struct TeamEntry {
     seen_at: Instant,
 }
 
+/// A team's member listing, as made by one credential and updated from its writes.
+struct MembersEntry {
+    members: ObservedTeam,
+    listed_at: Instant,
+}
+
 /// Shared by every reconcile of every organization; cheap to share behind an `Arc`.
 pub struct OrgUserIndex {
     refresh_interval: Duration,
@@ -60,6 +75,9 @@ pub struct OrgUserIndex {
     /// (org id, credential, "id:<id>" | "name:<lowercase name>") -> team.
     teams: Mutex<HashMap<TeamKey, TeamEntry>>,
     listings: AtomicU64,
+    member_listing_interval: Duration,
+    /// (org id, credential, team id) -> the team's members.
+    members: Mutex<HashMap<(String, CredentialIdentity, String), MembersEntry>>,
 }
 
 impl std::fmt::Debug for OrgUserIndex {
@@ -89,6 +107,66 @@ impl OrgUserIndex {
             orgs: Mutex::new(HashMap::new()),
             teams: Mutex::new(HashMap::new()),
             listings: AtomicU64::new(0),
+            member_listing_interval: Duration::ZERO,
+            members: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// How long a team's member listing serves (default zero: every reconcile lists).
+    pub fn with_member_listing_interval(mut self, interval: Duration) -> Self {
+        self.member_listing_interval = interval;
+        self
+    }
+
+    /// The members of team `team_id` as `client`'s credential last listed them (and updated
+    /// them from its writes), while younger than the member listing interval.
+    pub(crate) fn team_members(&self, client: &AtlasClient, org_id: &str, team_id: &str) -> Option<ObservedTeam> {
+        let members = self.members.lock().expect("index lock");
+        let entry = members.get(&(org_id.to_string(), client.credential_identity(), team_id.to_string()))?;
+        (entry.listed_at.elapsed() < self.member_listing_interval).then(|| entry.members.clone())
+    }
+
+    /// Keep a member listing `client` just made (a no-op without a member listing interval).
+    pub(crate) fn remember_members(&self, client: &AtlasClient, org_id: &str, listed_at: Instant, team: &ObservedTeam) {
+        if self.member_listing_interval.is_zero() {
+            return;
+        }
+        self.members.lock().expect("index lock").insert(
+            (org_id.to_string(), client.credential_identity(), team.id.clone()),
+            MembersEntry { members: team.clone(), listed_at },
+        );
+    }
+
+    /// Drop a team's member listing (every credential's).
+    pub(crate) fn forget_members(&self, org_id: &str, team_id: &str) {
+        self.members.lock().expect("index lock").retain(|(org, _, team), _| !(org == org_id && team == team_id));
+    }
+
+    /// Update the member listings of an organization after `who`'s executed action; other
+    /// credentials' listings of the organization become stale when it changed something.
+    fn apply_to_members(&self, org_id: &str, who: CredentialIdentity, action: &Action, outcome: &ActionOutcome) {
+        let mut members = self.members.lock().expect("index lock");
+        if matches!(outcome, ActionOutcome::Done(_)) {
+            members.retain(|(org, id, _), _| !(org == org_id && *id != who));
+        }
+        // A refused team write may mean the listing no longer matches Atlas: list it again.
+        if let (
+            ActionOutcome::Failed(_),
+            Action::AddTeamUser { team_id, .. } | Action::RemoveTeamUser { team_id, .. },
+        ) = (outcome, action)
+        {
+            members.retain(|(org, _, team), _| !(org == org_id && team == team_id));
+        }
+        for ((org, id, _), entry) in members.iter_mut() {
+            if org != org_id || *id != who {
+                continue;
+            }
+            match action {
+                Action::RemoveOrgUser { user_id, .. } if matches!(outcome, ActionOutcome::Done(_)) => {
+                    entry.members.remove_member(user_id)
+                }
+                _ => entry.members.apply(action, outcome),
+            }
         }
     }
 
@@ -167,6 +245,7 @@ impl OrgUserIndex {
     /// Atlas returned, or a removal); other credentials' snapshots of it become stale.
     pub fn apply(&self, client: &AtlasClient, org_id: &str, action: &Action, outcome: &ActionOutcome) {
         let who = client.credential_identity();
+        self.apply_to_members(org_id, who, action, outcome);
         if matches!(outcome, ActionOutcome::Done(_)) {
             for other in self.others(org_id, who) {
                 other.state.lock().expect("index lock").listed_at = None;
@@ -221,6 +300,7 @@ impl OrgUserIndex {
             state.listed_at = None;
             state.snapshot = None;
         }
+        self.members.lock().expect("index lock").retain(|(org, _, _), _| org != org_id);
     }
 
     /// The team remembered for `key` (`id:<id>` or `name:<lowercase name>`), if still trusted.

@@ -358,6 +358,26 @@ async fn members_of(client: &AtlasClient, org_id: &str, team: Team) -> Result<Op
     }
 }
 
+/// [`members_of`], served from the index's member listing while it is fresh, and kept there.
+async fn members_indexed(
+    client: &AtlasClient,
+    index: &OrgUserIndex,
+    org_id: &str,
+    team: Team,
+) -> Result<Option<ObservedTeam>, AtlasError> {
+    if let Some(known) = index.team_members(client, org_id, &team.id) {
+        return Ok(Some(known));
+    }
+    let started = tokio::time::Instant::now();
+    let id = team.id.clone();
+    let observed = members_of(client, org_id, team).await?;
+    match &observed {
+        Some(observed) => index.remember_members(client, org_id, started, observed),
+        None => index.forget_members(org_id, &id),
+    }
+    Ok(observed)
+}
+
 /// The team a `TeamRef` names and every member (all pages); None when Atlas has no such team.
 pub async fn observe_team(
     client: &AtlasClient,
@@ -401,7 +421,7 @@ pub async fn observe_team_indexed(
     team: &TeamRef,
 ) -> Result<Option<ObservedTeam>, AtlasError> {
     if let Some(known) = team_key(team).filter(|_| team.id.is_some()).and_then(|key| index.team(client, org_id, &key)) {
-        match members_of(client, org_id, known.clone()).await? {
+        match members_indexed(client, index, org_id, known.clone()).await? {
             Some(observed) => return Ok(Some(observed)),
             // Deleted, or (by name) replaced: look it up again.
             None => index.forget_team(client, org_id, &known),
@@ -409,7 +429,7 @@ pub async fn observe_team_indexed(
     }
     let Some(found) = lookup_team(client, org_id, team).await? else { return Ok(None) };
     index.remember_team(client, org_id, &found);
-    members_of(client, org_id, found).await
+    members_indexed(client, index, org_id, found).await
 }
 
 fn earliest_retry(outcomes: &[ActionOutcome]) -> Option<Duration> {

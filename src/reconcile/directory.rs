@@ -160,6 +160,11 @@ impl ObservedTeam {
         self.members.is_empty()
     }
 
+    /// A user who left the organization (and so every team).
+    pub fn remove_member(&mut self, user_id: &str) {
+        self.members.remove(user_id);
+    }
+
     /// Update after one executed team action on this team.
     pub fn apply(&mut self, action: &Action, outcome: &ActionOutcome) {
         match action {
