@@ -82,6 +82,16 @@ fn context_with_default(
     org_users: Store<AtlasOrgUser>,
     default_secret: Option<(&str, &str)>,
 ) -> (Arc<Context>, ApiServer) {
+    context_with(sim, org_users, default_secret, |clients| clients)
+}
+
+/// The same, with the Atlas clients adjusted as `run` does (e.g. their revalidation period).
+fn context_with(
+    sim: &SimHandle,
+    org_users: Store<AtlasOrgUser>,
+    default_secret: Option<(&str, &str)>,
+    adjust: impl FnOnce(AtlasClients) -> AtlasClients,
+) -> (Arc<Context>, ApiServer) {
     let (kube, api_server) = mock_client();
     let mut template = ClientConfig::new(
         sim.base_url(),
@@ -92,7 +102,7 @@ fn context_with_default(
     template.invitations = atlas_access_operator::atlas::InvitationQueue::disabled();
     let ctx = Context::new(
         kube,
-        AtlasClients::new(template, default_secret.map(|(ns, name)| (ns.to_string(), name.to_string()))),
+        adjust(AtlasClients::new(template, default_secret.map(|(ns, name)| (ns.to_string(), name.to_string())))),
         OrgUserIndex::new(Duration::from_secs(60)),
         org_users,
         ControllerMetrics::register(&mut Registry::default()),
@@ -340,6 +350,31 @@ async fn an_invitation_publishes_its_event_then_applies_the_status_and_a_converg
     let log = sim.state().request_log();
     assert!(!log.is_empty(), "the second pass observes Atlas");
     assert!(log.iter().all(|r| r.method == "GET"), "{log:?}");
+}
+
+/// A no-op reconcile makes no API-server request: the tenant's Secret is read once, the
+/// client built from it serves the next reconciles within its revalidation period (`run` sets
+/// it below the resync interval), and a converged object writes no status and no event.
+#[tokio::test]
+async fn a_no_op_reconcile_makes_no_api_server_request() {
+    let sim = start_sim();
+    let obj = finalized(alice("Delete"));
+    let (ctx, mut api) = context_with(&sim, store_of(&[&obj]), None, |c| c.with_revalidation(RESYNC.mul_f64(0.8)));
+    let run = tokio::spawn(reconcile_org_user(Arc::new(obj.clone()), ctx.clone()));
+    answer_secret(api.next().await);
+    answer_event(api.next().await, &obj);
+    let status: AtlasOrgUserStatus = answer_status_apply(api.next().await, &obj);
+    api.finish(run).await.expect("reconcile succeeds");
+
+    let mut converged = obj.clone();
+    converged.status = Some(status);
+    for _ in 0..3 {
+        let run = tokio::spawn(reconcile_org_user(Arc::new(converged.clone()), ctx.clone()));
+        let action = api.finish(run).await.expect("a no-op reconcile succeeds");
+        assert!(requeue_after(&action).is_some());
+    }
+    drop(ctx);
+    api.assert_done().await;
 }
 
 /// Scenario 4, Delete: the user leaves the organization, then the finalizer goes.
