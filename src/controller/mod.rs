@@ -575,6 +575,34 @@ fn team_relevant(user: &AtlasOrgUser) -> Option<u64> {
     )))
 }
 
+/// What an AtlasOrgUser's status reads of a team that lists it: who is in it (the team's
+/// adds and removals change the user's `teamIds` in Atlas).
+fn team_members_relevant(team: &AtlasTeamMembership) -> Option<u64> {
+    let status = team.status.as_ref()?;
+    let members: Vec<(Option<&str>, String)> =
+        status.members.iter().map(|m| (m.user_id.as_deref(), format!("{:?}", m.state))).collect();
+    Some(feed::hash_of(&(status.team_id.as_deref(), members)))
+}
+
+/// The AtlasOrgUsers a team membership names (by `orgUserRef`, or by username in its
+/// organization): their status shows the teams Atlas has them in.
+fn members_of_team(ctx: &Context, team: &AtlasTeamMembership) -> Vec<ObjectRef<AtlasOrgUser>> {
+    let ns = team.namespace().unwrap_or_default();
+    let mut refs: Vec<ObjectRef<AtlasOrgUser>> = Vec::new();
+    for m in &team.spec.members {
+        if let Some(r) = &m.org_user_ref {
+            refs.push(ObjectRef::new(&r.name).within(&ns));
+        }
+        if let Some(username) = &m.username {
+            let key = Key::Username(team.spec.org_id.clone(), crate::reconcile::username_key(username));
+            refs.extend(ctx.indexes.org_users.refs(&key));
+        }
+    }
+    refs.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+    refs.dedup();
+    refs
+}
+
 /// What another writer of the same team is judged by: its spec, its deletion, its pinned team.
 fn co_writer_relevant(team: &AtlasTeamMembership) -> Option<u64> {
     Some(feed::hash_of(&(
@@ -764,6 +792,13 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
     .watches_shared_stream(
         gated(gate(), org_feed.subscribe(Some(organization_relevant), true)),
         move |org: Arc<AtlasOrganization>| ctx_a2.indexes.org_users.refs(&Key::Org(org.spec.org_id.clone())),
+    );
+    // A team's adds and removals change its members' teamIds in Atlas: their status shows it
+    // now, not at their next drift check (nor as a write on the next start).
+    let ctx_a3 = ctx.clone();
+    org_user_ctrl = org_user_ctrl.watches_shared_stream(
+        gated(gate(), team_feed.subscribe(Some(team_members_relevant), false)),
+        move |team: Arc<AtlasTeamMembership>| members_of_team(&ctx_a3, &team),
     );
     if let Some(f) = secret_feed.as_mut() {
         org_user_ctrl = org_user_ctrl.watches_shared_stream(
