@@ -46,6 +46,15 @@ pub fn strip<K: Resource>(obj: &mut K) {
     }
 }
 
+/// A reference by namespace and name only: `ObjectRef::from_obj` also carries the object's
+/// uid and resourceVersion, which equality ignores but memory does not (indexes and
+/// fingerprints keep one or more per object).
+pub fn bare_ref<K: Resource<DynamicType = ()>>(obj: &K) -> ObjectRef<K> {
+    let mut r = ObjectRef::new(obj.meta().name.as_deref().unwrap_or_default());
+    r.namespace = obj.meta().namespace.clone();
+    r
+}
+
 /// What a subscriber cares about in an object, as a hash: an update whose fingerprint equals
 /// the last one dispatched to that subscriber is not dispatched. `None`: always dispatched.
 pub type Fingerprint<K> = fn(&K) -> Option<u64>;
@@ -92,7 +101,7 @@ where
 {
     fn applied(&mut self, obj: &Arc<K>) {
         if let Some(fingerprint) = self.fingerprint {
-            let key = ObjectRef::from_obj(obj.as_ref());
+            let key = bare_ref(obj.as_ref());
             match fingerprint(obj) {
                 Some(value) => {
                     if self.last.insert(key, value) == Some(value) {
@@ -108,7 +117,7 @@ where
     }
 
     fn deleted(&mut self, obj: &Arc<K>) {
-        self.last.remove(&ObjectRef::from_obj(obj.as_ref()));
+        self.last.remove(&bare_ref(obj.as_ref()));
         if self.deletions {
             let _ = self.tx.send(obj.clone());
         }

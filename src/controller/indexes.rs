@@ -14,7 +14,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 
-use super::feed::Observer;
+use super::feed::{Observer, bare_ref};
 use crate::api::{AtlasOrgUser, AtlasOrganization, AtlasTeamMembership};
 use crate::reconcile::username_key;
 
@@ -188,12 +188,12 @@ where
     fn apply(&self, event: &watcher::Event<K>) {
         let mut inner = self.inner.write().expect("index lock");
         match event {
-            watcher::Event::Apply(obj) => inner.insert(ObjectRef::from_obj(obj), (self.keys_of)(obj)),
-            watcher::Event::Delete(obj) => inner.remove(&ObjectRef::from_obj(obj)),
+            watcher::Event::Apply(obj) => inner.insert(bare_ref(obj), (self.keys_of)(obj)),
+            watcher::Event::Delete(obj) => inner.remove(&bare_ref(obj)),
             watcher::Event::Init => inner.relist = Some(HashMap::new()),
             watcher::Event::InitApply(obj) => {
                 let keys = (self.keys_of)(obj);
-                inner.relist.get_or_insert_with(HashMap::new).insert(ObjectRef::from_obj(obj), keys);
+                inner.relist.get_or_insert_with(HashMap::new).insert(bare_ref(obj), keys);
             }
             watcher::Event::InitDone => {
                 let listed = inner.relist.take().unwrap_or_default();

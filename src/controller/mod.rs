@@ -15,7 +15,7 @@ pub mod rbac;
 pub mod status;
 mod team;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -143,6 +143,9 @@ impl RunArgs {
     }
 }
 
+/// A namespace's labels and when they were read.
+type ReadLabels = (BTreeMap<String, String>, Instant);
+
 /// Everything reconciles share.
 pub struct Context {
     pub kube: Client,
@@ -164,6 +167,10 @@ pub struct Context {
     /// Time limit of one reconcile.
     pub reconcile_timeout: Duration,
     backoff: Mutex<HashMap<String, u32>>,
+    /// Namespace labels read for an AtlasOrganization's namespaceSelector, and when.
+    namespace_labels: Mutex<HashMap<String, ReadLabels>>,
+    /// How long read namespace labels are trusted (zero: read on every reconcile).
+    namespace_labels_ttl: Duration,
 }
 
 /// Why a reconcile failed; decides when it is tried again.
@@ -339,6 +346,8 @@ impl Context {
             invitation_warning: crate::reconcile::audit::DEFAULT_INVITATION_WARNING,
             reconcile_timeout: Duration::from_secs(300),
             backoff: Mutex::default(),
+            namespace_labels: Mutex::default(),
+            namespace_labels_ttl: Duration::ZERO,
         }
     }
 
@@ -368,6 +377,23 @@ impl Context {
         let attempt = map.entry(key.to_string()).or_insert(0);
         *attempt += 1;
         backoff_delay(*attempt)
+    }
+
+    /// The labels of `namespace` (for a namespaceSelector), read from the API server at most
+    /// once per the labels' trust period.
+    pub async fn namespace_labels(&self, namespace: &str) -> Result<BTreeMap<String, String>, kube::Error> {
+        if let Some((labels, at)) = self.namespace_labels.lock().expect("labels lock").get(namespace)
+            && at.elapsed() < self.namespace_labels_ttl
+        {
+            return Ok(labels.clone());
+        }
+        let read = Api::<k8s_openapi::api::core::v1::Namespace>::all(self.kube.clone()).get(namespace).await?;
+        let labels = read.metadata.labels.unwrap_or_default();
+        self.namespace_labels
+            .lock()
+            .expect("labels lock")
+            .insert(namespace.to_string(), (labels.clone(), Instant::now()));
+        Ok(labels)
     }
 
     fn reset_backoff(&self, key: &str) {
@@ -748,11 +774,10 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
     let org_users = user_feed.store();
     let teams = team_feed.store();
     let organizations = org_feed.store();
-    let mut synced = vec![user_feed.ready(), team_feed.ready(), org_feed.ready()];
-    if let Some(f) = &secret_feed {
-        synced.push(f.ready());
-    }
-    // No reconcile of any kind starts before every store it reads has its first listing.
+    // No reconcile of any kind starts before every store it reads has its first listing. The
+    // Secrets' watch is not waited for: until it has listed, credentials are read as if
+    // unwatched (`credentials.rs`), so a Secret watch the RBAC refuses delays nothing.
+    let synced = vec![user_feed.ready(), team_feed.ready(), org_feed.ready()];
     let gate = || all_ready(synced.clone());
 
     let clients = match &secret_feed {
@@ -777,6 +802,9 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         invitation_warning: args.invitation_warning,
         reconcile_timeout: args.reconcile_timeout,
         backoff: Mutex::default(),
+        namespace_labels: Mutex::default(),
+        // Like an unwatched Secret: read again before every drift check.
+        namespace_labels_ttl: args.secret_revalidation(),
     });
 
     let config = ControllerConfig::default().concurrency(args.concurrency);

@@ -210,8 +210,7 @@ async fn tenancy<K: Managed>(obj: &K, ctx: &Context) -> Result<(Vec<Arc<AtlasOrg
     let mut refusals = Vec::new();
     for org in &orgs {
         if labels.is_none() && tenancy::needs_labels(&org.spec, &ns) {
-            let namespace = Api::<k8s_openapi::api::core::v1::Namespace>::all(ctx.kube.clone()).get(&ns).await?;
-            labels = Some(namespace.metadata.labels.unwrap_or_default());
+            labels = Some(ctx.namespace_labels(&ns).await?);
         }
         let empty = Default::default();
         refusals.extend(tenancy::refusals(&org.name_any(), &org.spec, &ns, labels.as_ref().unwrap_or(&empty), request));
