@@ -22,8 +22,15 @@ const ORG: &str = "5f1b2c3d4e5f60718293a4b5";
 const TEAM_BY_REF: &str = "6b1b2c3d4e5f60718293a4b5";
 const PUBLIC_KEY: &str = "scale-public";
 const PRIVATE_KEY: &str = "scale-private-key";
-const WAIT: Duration = Duration::from_secs(90);
-const USERS: usize = 30;
+/// AtlasOrgUsers created (`E2E_SCALE_USERS` to measure with more).
+/// How long a step may take: longer with more objects.
+fn wait_limit() -> Duration {
+    Duration::from_secs(90 + users_count() as u64 / 5)
+}
+
+fn users_count() -> usize {
+    std::env::var("E2E_SCALE_USERS").ok().and_then(|v| v.parse().ok()).unwrap_or(30)
+}
 
 fn start_sim() -> SimHandle {
     let sim = Simulator::start(SimConfig::default().with_api_key(PUBLIC_KEY, PRIVATE_KEY).without_limits()).unwrap();
@@ -148,7 +155,7 @@ async fn wait_converged(
     operator: &Operator,
     by_ref: usize,
 ) {
-    let done = wait_for(WAIT, || async {
+    let done = wait_for(wait_limit(), || async {
         let all_users = users.list(&Default::default()).await.ok()?;
         let all_teams = teams.list(&Default::default()).await.ok()?;
         let users_done = all_users.items.iter().filter(|u| converged_user(u)).count() == all_users.items.len();
@@ -180,7 +187,7 @@ fn start_operator(ns: &str, sim: &SimHandle, tenant_role: &str) -> Operator {
 }
 
 async fn wait_ready(operator: &Operator) {
-    let probe = wait_for(WAIT, || async { operator.get("/readyz").await.filter(|(s, _)| *s == 200) }).await;
+    let probe = wait_for(wait_limit(), || async { operator.get("/readyz").await.filter(|(s, _)| *s == 200) }).await;
     assert!(probe.is_some(), "operator never became ready:\n{}", operator.logs());
 }
 
@@ -204,7 +211,7 @@ async fn converged_objects_cost_nothing_and_a_warm_restart_writes_no_status() {
     wait_ready(&operator).await;
     let users: Api<AtlasOrgUser> = Api::namespaced(admin.clone(), &ns.name);
     let teams: Api<AtlasTeamMembership> = Api::namespaced(admin.clone(), &ns.name);
-    for i in 0..USERS {
+    for i in 0..users_count() {
         apply(&users, &format!("u{i}"), user(&ns.name, i)).await;
     }
     // By id with orgUserRefs (and one, "late", that does not exist yet), by name with usernames.
@@ -214,27 +221,34 @@ async fn converged_objects_cost_nothing_and_a_warm_restart_writes_no_status() {
     let by_name: Vec<Value> = (10..20).map(|i| json!({"username": format!("u{i}@example.com")})).collect();
     apply(&teams, "by-name", team(&ns.name, "by-name", json!({"name": "by-name"}), json!(by_name))).await;
     // "late" is not declared yet: by-ref has 11 members, one without a user id.
-    let ten = wait_for(WAIT, || async {
+    let ten = wait_for(wait_limit(), || async {
         let t = teams.get("by-ref").await.ok()?;
         let s = t.status.as_ref()?;
         (s.members.iter().filter(|m| m.user_id.is_some()).count() == 10).then_some(())
     })
     .await;
     assert!(ten.is_some(), "by-ref never had its 10 members\n{}", operator.logs());
-    let done = wait_for(WAIT, || async {
+    let done = wait_for(wait_limit(), || async {
         let all = users.list(&Default::default()).await.ok()?;
-        (all.items.len() == USERS && all.items.iter().all(converged_user)).then_some(())
+        (all.items.len() == users_count() && all.items.iter().all(converged_user)).then_some(())
     })
     .await;
     assert!(done.is_some(), "users never converged\n{}", operator.logs());
     assert!(
         converged_team(&teams.get("by-name").await.unwrap(), 10) || {
-            wait_for(WAIT, || async { teams.get("by-name").await.ok().filter(|t| converged_team(t, 10)) })
+            wait_for(wait_limit(), || async { teams.get("by-name").await.ok().filter(|t| converged_team(t, 10)) })
                 .await
                 .is_some()
         }
     );
     let cold_rss = rss_kib(&operator);
+    eprintln!(
+        "cold convergence of {} AtlasOrgUsers and 2 teams: VmRSS {:?} KiB, status writes {}, Atlas calls {:?}",
+        users_count(),
+        cold_rss,
+        status_writes(&operator).await,
+        state.counters()
+    );
 
     // Idle: nothing re-triggers (a status write does not trigger its own object), nothing is written.
     let idle = settle(&operator).await;
@@ -273,10 +287,10 @@ async fn converged_objects_cost_nothing_and_a_warm_restart_writes_no_status() {
     state.reset_counters();
     let operator = start_operator(&ns.name, &sim, &grant.tenant_role);
     wait_ready(&operator).await;
-    let all_reconciled = wait_for(WAIT, || async {
+    let all_reconciled = wait_for(wait_limit(), || async {
         let u = successes(&operator, "AtlasOrgUser").await;
         let t = successes(&operator, "AtlasTeamMembership").await;
-        (u >= (USERS + 1) as f64 && t >= 2.0).then_some(())
+        (u >= (users_count() + 1) as f64 && t >= 2.0).then_some(())
     })
     .await;
     assert!(all_reconciled.is_some(), "not every object was reconciled after the restart\n{}", operator.logs());
@@ -292,14 +306,16 @@ async fn converged_objects_cost_nothing_and_a_warm_restart_writes_no_status() {
     assert!(changed.is_empty(), "statuses changed on a warm restart:\n{}", changed.join("\n"));
     assert_eq!(settled.2, 0.0, "status writes on a warm restart\n{}", operator.logs());
     let counters = state.counters();
-    assert_eq!(counters.count("listOrgUsers", 200), 1, "one listing of the organization: {counters:?}");
+    // One listing of the organization: its pages (500 users a page; the users, late, the owner).
+    let pages = (users_count() as u64 + 2).div_ceil(500);
+    assert_eq!(counters.count("listOrgUsers", 200), pages, "one listing of the organization: {counters:?}");
     assert_eq!(counters.count("listOrgTeamUsers", 200), 2, "one member listing per team: {counters:?}");
     eprintln!(
         "operator VmRSS: {:?} KiB after a cold convergence, {:?} KiB after a warm start ({} objects); \
          reconciles after the restart: {} AtlasOrgUser, {} AtlasTeamMembership; Atlas calls: {:?}",
         cold_rss,
         rss_kib(&operator),
-        USERS + 3,
+        users_count() + 3,
         settled.0,
         settled.1,
         counters
