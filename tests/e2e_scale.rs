@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use atlas_access_operator::api::{AtlasOrgUser, AtlasTeamMembership};
+use atlas_access_operator::api::{AtlasOrgUser, AtlasOrganization, AtlasTeamMembership};
 use atlas_access_operator::atlas::models::MembershipStatus;
 use atlas_access_operator::sim::{SimConfig, SimHandle, Simulator};
 use common::cluster::{self, TEST_MANAGER, TestNamespace, wait_for};
@@ -18,7 +18,8 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 
-const ORG: &str = "5f1b2c3d4e5f60718293a4b5";
+/// An organization id no other suite uses: this suite declares an AtlasOrganization for it.
+const ORG: &str = "5f1b2c3d4e5f60718293a5ca";
 const TEAM_BY_REF: &str = "6b1b2c3d4e5f60718293a4b5";
 const PUBLIC_KEY: &str = "scale-public";
 const PRIVATE_KEY: &str = "scale-private-key";
@@ -124,6 +125,14 @@ async fn settle(operator: &Operator) -> (f64, f64, f64) {
     }
 }
 
+/// CPU seconds (user + system) the process used so far.
+fn cpu_secs(operator: &Operator) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", operator.pid()?)).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
 fn rss_kib(operator: &Operator) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{}/status", operator.pid()?)).ok()?;
     status
@@ -197,6 +206,13 @@ async fn converged_objects_cost_nothing_and_a_warm_restart_writes_no_status() {
     cluster::install_crds(&admin).await;
     let ns = TestNamespace::new(&admin, "scale").await;
     let grant = grant_shipped_rbac(&admin, &ns.name, &unprivileged_user(), false).await;
+    // An AtlasOrganization of this suite's organization left by an interrupted run would refuse
+    // this run's namespace.
+    let organizations: Api<AtlasOrganization> = Api::all(admin.clone());
+    for leftover in organizations.list(&Default::default()).await.unwrap().items.iter().filter(|o| o.spec.org_id == ORG)
+    {
+        organizations.delete(leftover.metadata.name.as_deref().unwrap(), &Default::default()).await.unwrap();
+    }
     let sim = start_sim();
     let state = sim.state();
     let secret = json!({
@@ -282,7 +298,29 @@ async fn converged_objects_cost_nothing_and_a_warm_restart_writes_no_status() {
     settle(&operator).await;
 
     // Warm restart: every object converged; the new process writes no status.
+    // The organization's own object: declared once every user is
+    // (its counts are recomputed at its own drift check, not on each user's change), its
+    // status (counts, audit) must be as stable as the others'. Its creation re-judges its objects.
+    let org_name = format!("scale-{}", ns.name);
+    let organization = json!({
+        "apiVersion": "atlas-access.dev/v1alpha1", "kind": "AtlasOrganization",
+        "metadata": {"name": org_name},
+        "spec": {"orgId": ORG, "credentialsSecretRef": {"name": "atlas-credentials"}, "namespaces": [ns.name]},
+    });
+    apply(&organizations, &org_name, organization).await;
+
+    let organization_ready = wait_for(wait_limit(), || async {
+        let o = organizations.get(&org_name).await.ok()?;
+        let s = o.status.as_ref()?;
+        (s.managed == Some(users_count() as u32 + 1)
+            && s.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        .then_some(())
+    })
+    .await;
+    assert!(organization_ready.is_some(), "the AtlasOrganization never counted every user\n{}", operator.logs());
+    settle(&operator).await;
     let before = statuses(&users, &teams).await;
+    let organization_before = serde_json::to_string(&organizations.get(&org_name).await.unwrap().status).unwrap();
     operator.kill();
     state.reset_counters();
     let operator = start_operator(&ns.name, &sim, &grant.tenant_role);
@@ -290,11 +328,24 @@ async fn converged_objects_cost_nothing_and_a_warm_restart_writes_no_status() {
     let all_reconciled = wait_for(wait_limit(), || async {
         let u = successes(&operator, "AtlasOrgUser").await;
         let t = successes(&operator, "AtlasTeamMembership").await;
-        (u >= (users_count() + 1) as f64 && t >= 2.0).then_some(())
+        let o = successes(&operator, "AtlasOrganization").await;
+        (u >= (users_count() + 1) as f64 && t >= 2.0 && o >= 1.0).then_some(())
     })
     .await;
     assert!(all_reconciled.is_some(), "not every object was reconciled after the restart\n{}", operator.logs());
     let settled = settle(&operator).await;
+    // The no-op reconciles of the restart: wall time per reconcile from the histogram, and
+    // the process's CPU time (start-up, listings and watches included) per reconcile.
+    let seconds = metric(&operator, "atlas_access_reconcile_duration_seconds_sum{kind=\"AtlasOrgUser\"}").await;
+    let count = metric(&operator, "atlas_access_reconcile_duration_seconds_count{kind=\"AtlasOrgUser\"}").await;
+    eprintln!(
+        "warm restart: {count} AtlasOrgUser reconciles, {:.3} ms wall each; process CPU {:?} s in all",
+        1000.0 * seconds / count.max(1.0),
+        cpu_secs(&operator)
+    );
+    let cpu_before = cpu_secs(&operator);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    eprintln!("idle: process CPU {:?} s over 10 s", cpu_secs(&operator).zip(cpu_before).map(|(a, b)| a - b));
     let after = statuses(&users, &teams).await;
     let changed: Vec<String> = after
         .iter()
@@ -304,6 +355,8 @@ async fn converged_objects_cost_nothing_and_a_warm_restart_writes_no_status() {
         })
         .collect();
     assert!(changed.is_empty(), "statuses changed on a warm restart:\n{}", changed.join("\n"));
+    let organization_after = serde_json::to_string(&organizations.get(&org_name).await.unwrap().status).unwrap();
+    assert_eq!(organization_after, organization_before, "the AtlasOrganization's status changed on a warm restart");
     assert_eq!(settled.2, 0.0, "status writes on a warm restart\n{}", operator.logs());
     let counters = state.counters();
     // One listing of the organization: its pages (500 users a page; the users, late, the owner).
@@ -320,4 +373,5 @@ async fn converged_objects_cost_nothing_and_a_warm_restart_writes_no_status() {
         settled.1,
         counters
     );
+    organizations.delete(&org_name, &Default::default()).await.unwrap();
 }

@@ -228,7 +228,8 @@ impl Operator {
         let log = std::env::temp_dir().join(format!("aao-operator-{}-{}.log", std::process::id(), http.port()));
         let file = std::fs::File::create(&log).unwrap();
         // AAO_OPERATOR_BIN: another build of the operator (e.g. to compare figures).
-        let binary = std::env::var("AAO_OPERATOR_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_atlas-access-operator").into());
+        let binary =
+            std::env::var("AAO_OPERATOR_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_atlas-access-operator").into());
         let mut command = Command::new(binary);
         command.arg("run").arg(format!("--http-bind={http}"));
         // Plain text unless the test asks for another format.
