@@ -110,7 +110,7 @@ pub fn user_manifest(namespace: &str, tag: &str, org: &Org, u: usize, last_appli
 fn team_manifest(namespace: &str, tag: &str, org: &Org, t: usize, last_applied: bool) -> Value {
     let members: Vec<Value> = (t * MEMBERS_PER_TEAM..(t + 1) * MEMBERS_PER_TEAM)
         .map(|u| {
-            if u % 2 == 0 {
+            if u.is_multiple_of(2) {
                 json!({"username": username(tag, org.index, u)})
             } else {
                 json!({"orgUserRef": {"name": user_name(org.index, u)}})
@@ -118,7 +118,7 @@ fn team_manifest(namespace: &str, tag: &str, org: &Org, t: usize, last_applied: 
         })
         .collect();
     let (team_id, team_name) = &org.teams[t];
-    let team = if t % 2 == 0 { json!({"id": team_id}) } else { json!({"name": team_name}) };
+    let team = if t.is_multiple_of(2) { json!({"id": team_id}) } else { json!({"name": team_name}) };
     let manifest = json!({
         "apiVersion": API_VERSION, "kind": "AtlasTeamMembership",
         "metadata": {"name": format!("o{}-team{t}", org.index), "namespace": namespace},
