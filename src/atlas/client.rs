@@ -9,7 +9,6 @@ use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValu
 use secrecy::SecretString;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 use url::Url;
@@ -19,13 +18,14 @@ use super::credential::CredentialHealth;
 use super::endpoint::{Operation, is_atlas_id};
 use super::error::{AtlasError, ErrorClass, TransportKind, api_error, header_u32};
 use super::invitations::InvitationQueue;
-use super::limiter::{OrgRateLimiter, RateLimitSnapshot};
+use super::limiter::{OrgPermit, OrgRateLimiter, RateLimitSnapshot};
 use super::metrics::AtlasMetrics;
 use super::models::{
     AddOrRemoveGroupRole, AddOrRemoveOrgRole, GroupUser, MAX_ITEMS_PER_PAGE, MembershipStatus, OrgUser, OrgUserRequest,
     OrgUserUpdateRequest, Organization, Page, Team, UserIdBody,
 };
 use super::retry::RetryPolicy;
+use super::slots::FairSlots;
 
 /// Atlas (commercial).
 pub const ATLAS_BASE_URL: &str = "https://cloud.mongodb.com";
@@ -78,7 +78,8 @@ pub struct ClientConfig {
     /// Allow a plain `http://` base URL (the simulator). Never set against Atlas.
     pub insecure_http: bool,
     pub retry: RetryPolicy,
-    /// HTTP requests of this client in flight at once.
+    /// HTTP requests of this client in flight at once; when all are taken, freed slots go to
+    /// the organizations and endpoint sets waiting in turn (see `slots.rs`).
     pub max_concurrency: usize,
     /// Time limit of one HTTP exchange (one attempt), connection included.
     pub timeout: Duration,
@@ -179,7 +180,7 @@ struct Inner {
     retry: RetryPolicy,
     timeout: Duration,
     page_size: u32,
-    concurrency: Semaphore,
+    concurrency: FairSlots,
     limiter: OrgRateLimiter,
     invitations: InvitationQueue,
     invitation_max_wait: Duration,
@@ -306,7 +307,7 @@ impl AtlasClient {
                 retry: config.retry,
                 timeout: config.timeout,
                 page_size: config.page_size,
-                concurrency: Semaphore::new(config.max_concurrency),
+                concurrency: FairSlots::new(config.max_concurrency),
                 limiter: config.limiter,
                 invitations: config.invitations,
                 invitation_max_wait: config.invitation_max_wait,
@@ -791,14 +792,14 @@ impl AtlasClient {
     /// backed off) exchange.
     async fn send(&self, req: &Request) -> Result<Answer, AtlasError> {
         let inner = &*self.inner;
-        let (_org_permit, waited) = inner.limiter.acquire(&req.pace_key).await;
+        let (org_permit, waited) = inner.limiter.acquire(&req.pace_key).await;
         if !waited.is_zero() {
             inner.metrics.throttled(req.op.operation_id());
         }
-        let _permit = inner.concurrency.acquire().await.expect("the semaphore is never closed");
+        let _slot = inner.concurrency.acquire(&req.pace_key).await;
         // Checked once a permit is held: calls that queued behind a refusal fail fast.
         let _probe = inner.health.admit(&req.org_id)?;
-        let result = self.exchange(req).await;
+        let result = self.exchange(req, &org_permit).await;
         match &result {
             Ok(_) => inner.health.record(&req.org_id, Ok(())),
             Err(e) => {
@@ -816,7 +817,7 @@ impl AtlasClient {
 
     /// Authenticate (answering a fresh challenge or replacing a refused token once), send,
     /// map the answer.
-    async fn exchange(&self, req: &Request) -> Result<Answer, AtlasError> {
+    async fn exchange(&self, req: &Request, pace: &OrgPermit) -> Result<Answer, AtlasError> {
         let inner = &*self.inner;
         let op_id = req.op.operation_id();
         let method = req.op.method();
@@ -857,7 +858,7 @@ impl AtlasClient {
             inner.metrics.request_duration(op_id, sent.elapsed().as_secs_f64());
             let (status, headers, body) = result.map_err(|e| AtlasError::from_reqwest(op_id, e))?;
             inner.limiter.observe(
-                &req.pace_key,
+                pace,
                 header_u32(&headers, "ratelimit-limit"),
                 header_u32(&headers, "ratelimit-remaining"),
             );
