@@ -15,6 +15,7 @@ use url::Url;
 
 use super::auth::{DigestAuth, TokenCache};
 use super::credential::CredentialHealth;
+use super::dependency::Dependency;
 use super::endpoint::{Operation, is_atlas_id};
 use super::error::{AtlasError, ErrorClass, TransportKind, api_error, header_u32};
 use super::invitations::InvitationQueue;
@@ -800,9 +801,23 @@ impl AtlasClient {
         // Checked once a permit is held: calls that queued behind a refusal fail fast.
         let _probe = inner.health.admit(&req.org_id)?;
         let result = self.exchange(req, &org_permit).await;
+        let dependencies = &inner.metrics.dependencies;
         match &result {
-            Ok(_) => inner.health.record(&req.org_id, Ok(())),
+            Ok(_) => {
+                dependencies.answered(Dependency::Atlas);
+                inner.health.record(&req.org_id, Ok(()))
+            }
             Err(e) => {
+                match e {
+                    AtlasError::Transport { operation, .. } if *operation != super::error::TOKEN_OPERATION => {
+                        dependencies.unanswered(Dependency::Atlas, e.to_string())
+                    }
+                    AtlasError::Api { .. } | AtlasError::Decode { .. } | AtlasError::Authentication { .. } => {
+                        dependencies.answered(Dependency::Atlas)
+                    }
+                    // The token endpoint's (counted where the token is fetched), or no exchange.
+                    _ => {}
+                }
                 inner.health.record(&req.org_id, Err(e));
                 // (The token cache counts its own timeouts, once per fetch.)
                 if let AtlasError::Transport { kind: TransportKind::Timeout, operation, .. } = e
