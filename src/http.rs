@@ -1,5 +1,16 @@
 //! The operational HTTP surface: `/healthz` (alive), `/readyz` (CRDs found and caches
 //! synced) and `/metrics` (Prometheus text format).
+//!
+//! `/readyz` also reports, one line each, whether Atlas and the token endpoint answer
+//! ([`DependencyHealth`]): `atlas: wedged: 5 exchanges without an answer since ...`. A wedged
+//! dependency does not make the pod unready, on purpose: readiness is about this pod, and an
+//! Atlas outage is the same for every replica. Flipping it would take every replica out of
+//! the metrics Service at once (the outage's own metrics with them), stall a rolling update
+//! (a new pod that never becomes ready; the fix for the outage may be in it), and make the
+//! PodDisruptionBudget block node drains, while the operator serves no traffic a Service
+//! could route elsewhere. Liveness ignores it too: a restart does not unwedge Atlas, and
+//! reconciles already give up after `--reconcile-timeout`. Alert on
+//! `atlas_access_dependency_up == 0` instead.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,11 +23,15 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::registry::Registry;
 
+use crate::atlas::DependencyHealth;
+
 /// Shared by the HTTP handlers and the controller that flips readiness.
 #[derive(Clone)]
 pub struct HttpState {
     pub registry: Arc<Registry>,
     pub ready: Arc<AtomicBool>,
+    /// What `/readyz` reports about Atlas and the token endpoint (never its status code).
+    pub dependencies: DependencyHealth,
 }
 
 async fn healthz() -> &'static str {
@@ -24,11 +39,18 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
-    if state.ready.load(Ordering::Relaxed) {
+    let (status, first) = if state.ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready: waiting for CRDs and caches")
+    };
+    let mut body = first.to_string();
+    for report in state.dependencies.reports() {
+        body.push('\n');
+        body.push_str(&report.to_string());
     }
+    body.push('\n');
+    (status, body)
 }
 
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {

@@ -522,6 +522,55 @@ fn args_are_flags_of_the_run_subcommand() {
         let interval = render.flag("--resync-interval").unwrap();
         assert_eq!(run.resync_interval, humantime::parse_duration(interval).unwrap(), "{origin}");
         assert!(run.resync_interval >= std::time::Duration::from_secs(10), "{origin}: resync {interval}");
+        // The optional flags: what the chart passes is what `run` parsed; left out, the
+        // operator's default.
+        let defaults = match Cli::try_parse_from(["atlas-access-operator", "run"]).unwrap().command {
+            Command::Run(run) => run,
+            _ => unreachable!(),
+        };
+        let duration = |flag: &str, default: std::time::Duration| {
+            render.flag(flag).map_or(default, |v| humantime::parse_duration(v).unwrap())
+        };
+        assert_eq!(run.index_refresh_interval, duration("--index-refresh-interval", defaults.index_refresh_interval));
+        assert_eq!(run.invitation_warning, duration("--invitation-warning", defaults.invitation_warning));
+        assert_eq!(run.reconcile_timeout, duration("--reconcile-timeout", defaults.reconcile_timeout));
+        assert!(!run.reconcile_timeout.is_zero(), "{origin}");
+        let per_minute = render.flag("--invitations-per-minute").map(|v| v.parse::<u32>().unwrap());
+        assert_eq!(run.invitations_per_minute, per_minute.unwrap_or(defaults.invitations_per_minute), "{origin}");
+        let concurrency = render.flag("--concurrency").map(|v| v.parse::<u16>().unwrap());
+        assert_eq!(run.concurrency, concurrency.unwrap_or(defaults.concurrency), "{origin}");
+        assert_eq!(run.label_selector.as_deref(), render.flag("--label-selector"), "{origin}");
+    }
+}
+
+/// Every flag of `run` is something the chart can set: some values case in tests/helm/values/
+/// makes the chart pass it (a flag added to `RunArgs` without a chart value fails here). The
+/// two namespaces come from the pod's own namespace (`POD_NAMESPACE`, set by the chart).
+#[test]
+fn every_run_flag_reaches_the_container_from_some_values_case() {
+    use clap::CommandFactory;
+    const FROM_THE_POD_NAMESPACE: [&str; 2] = ["--operator-namespace", "--lease-namespace"];
+    let cli = Cli::command();
+    let run = cli.find_subcommand("run").expect("a run subcommand");
+    let flags: BTreeSet<String> = run
+        .get_arguments()
+        .filter_map(|a| a.get_long())
+        .filter(|long| !matches!(*long, "help" | "version"))
+        .map(|long| format!("--{long}"))
+        .collect();
+    assert!(flags.contains("--invitations-per-minute") && flags.contains("--reconcile-timeout"), "{flags:?}");
+    let passed: BTreeSet<String> = renders()
+        .iter()
+        .flat_map(|r| r.args().iter().map(|a| a.split_once('=').map_or(a.as_str(), |(n, _)| n).to_string()))
+        .collect();
+    let missing: Vec<&String> =
+        flags.iter().filter(|f| !passed.contains(*f) && !FROM_THE_POD_NAMESPACE.contains(&f.as_str())).collect();
+    assert!(missing.is_empty(), "flags of `run` no values case passes: {missing:?}");
+    for render in renders() {
+        let env = render.container().env.as_deref().unwrap_or_default();
+        let pod_namespace = env.iter().find(|e| e.name == "POD_NAMESPACE").expect("POD_NAMESPACE");
+        let field = pod_namespace.value_from.as_ref().and_then(|v| v.field_ref.as_ref()).map(|f| f.field_path.as_str());
+        assert_eq!(field, Some("metadata.namespace"), "{}", render.origin);
     }
 }
 

@@ -252,7 +252,7 @@ async fn team_membership_adds_members_and_reads_the_team_once() {
     let now = Timestamp::now();
     reconcile_org_user(&client, &index, &alice, &[], Mode::Apply, now).await.unwrap();
     let around = TeamSurroundings {
-        org_user_refs: BTreeMap::from([("alice".to_string(), "alice@example.com".to_string())]),
+        org_user_refs: std::sync::Arc::new(BTreeMap::from([("alice".to_string(), "alice@example.com".to_string())])),
         writers: vec![],
     };
     let report = reconcile_team_membership(&client, &index, &team, &around, Mode::Apply, now, &InMemory).await.unwrap();

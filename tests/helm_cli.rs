@@ -119,6 +119,10 @@ fn bad_values_are_refused_naming_the_field() {
         (&["--set", "atlasUrl=cloud.mongodb.com"], "at '/atlasUrl'"),
         (&["--set", "logFormat=text"], "at '/logFormat'"),
         (&["--set", "resyncInterval=5 minutes"], "at '/resyncInterval'"),
+        (&["--set", "reconcileTimeout=0s"], "at '/reconcileTimeout'"),
+        (&["--set", "indexRefreshInterval=1 minute"], "at '/indexRefreshInterval'"),
+        (&["--set", "invitationWarning=7"], "at '/invitationWarning'"),
+        (&["--set", "invitationsPerMinute=-1"], "at '/invitationsPerMinute'"),
         (&["--set", "unknownKey=true"], "unknownKey"),
         (
             &["--set", "credentials.create=true", "--set", "credentials.publicApiKey=k"],

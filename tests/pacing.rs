@@ -298,3 +298,81 @@ async fn a_token_endpoint_that_never_answers_times_out_and_holds_no_one_else() {
     assert!(wedged.metrics().timeout_count("oauthToken") >= 1);
     assert!(wedged.metrics().timeout_count("oauthToken") <= 2);
 }
+
+/// A wedged token endpoint shows: `atlas_access_dependency_up{dependency="token_endpoint"}`
+/// drops to 0 and `/readyz` names it, while its status stays 200 (an outage of Atlas is no
+/// reason to take the operator out of its Service, see `src/http.rs`); Atlas, answering the
+/// other credential, stays up; one answer clears it.
+#[tokio::test]
+async fn a_wedged_token_endpoint_shows_in_readyz_and_the_metrics() {
+    use atlas_access_operator::atlas::AtlasMetrics;
+    use atlas_access_operator::atlas::dependency::{Condition, Dependency, WEDGED_AFTER};
+
+    let sim = sim::start(sim::config());
+    let metrics = AtlasMetrics::default();
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let state = atlas_access_operator::http::HttpState {
+        registry: Arc::new(registry),
+        ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        dependencies: metrics.dependencies.clone(),
+    };
+    let (addr, server) =
+        atlas_access_operator::http::serve("127.0.0.1:0".parse().unwrap(), state, std::future::pending())
+            .await
+            .unwrap();
+    let get = |path: &'static str| async move {
+        let answer = reqwest::get(format!("http://{addr}{path}")).await.unwrap();
+        (answer.status().as_u16(), answer.text().await.unwrap())
+    };
+    let (status, body) = get("/readyz").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("atlas: not called yet") && body.contains("token_endpoint: not called yet"), "{body}");
+
+    // One client per credential, one set of metrics, as in the controller.
+    let wedged = AtlasClient::new(ClientConfig {
+        token_timeout: Duration::from_millis(200),
+        retry: RetryPolicy::none(),
+        metrics: metrics.clone(),
+        ..config(&sim, service_account())
+    })
+    .unwrap();
+    let healthy = AtlasClient::new(ClientConfig { metrics: metrics.clone(), ..config(&sim, api_key()) }).unwrap();
+    healthy.get_org(&sim.org).await.unwrap();
+    sim.state.set_faults(FaultConfig::for_operation("oauthToken", FaultSpec::latency(Duration::from_secs(3600))));
+    for _ in 0..WEDGED_AFTER {
+        let err = wedged.get_org(&sim.org).await.unwrap_err();
+        assert!(matches!(err, AtlasError::Transport { operation: "oauthToken", .. }), "{err:?}");
+    }
+    healthy.get_org(&sim.org).await.unwrap();
+
+    assert_eq!(metrics.dependencies.report(Dependency::TokenEndpoint).condition, Condition::Wedged);
+    assert_eq!(metrics.dependencies.report(Dependency::Atlas).condition, Condition::Answering);
+    let (status, body) = get("/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("ready\n"), "{body}");
+    assert!(
+        body.contains(&format!("token_endpoint: wedged: {WEDGED_AFTER} exchanges without an answer since start-up")),
+        "{body}"
+    );
+    assert!(body.contains("atlas: answering (the last answer 0s ago)"), "{body}");
+    assert!(!body.contains("secret"), "{body}");
+    let (_, text) = get("/metrics").await;
+    assert!(text.contains(r#"atlas_access_dependency_up{dependency="token_endpoint"} 0"#), "{text}");
+    assert!(text.contains(r#"atlas_access_dependency_up{dependency="atlas"} 1"#), "{text}");
+    assert!(
+        text.contains(&format!(
+            r#"atlas_access_dependency_unanswered_exchanges{{dependency="token_endpoint"}} {WEDGED_AFTER}"#
+        )),
+        "{text}"
+    );
+
+    // The endpoint answers again: the next token request clears it.
+    sim.state.set_faults(FaultConfig::default());
+    wedged.get_org(&sim.org).await.unwrap();
+    let (_, body) = get("/readyz").await;
+    assert!(body.contains("token_endpoint: answering"), "{body}");
+    let (_, text) = get("/metrics").await;
+    assert!(text.contains(r#"atlas_access_dependency_up{dependency="token_endpoint"} 1"#), "{text}");
+    server.abort();
+}

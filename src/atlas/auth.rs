@@ -14,6 +14,7 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::time::Instant;
 use url::Url;
 
+use super::dependency::Dependency;
 use super::error::{AtlasError, TOKEN_OPERATION, TransportKind, retry_after};
 use super::metrics::AtlasMetrics;
 use super::models::TokenResponse;
@@ -345,6 +346,12 @@ impl TokenCache {
         }
         self.fetches_done.fetch_add(1, Ordering::Release);
         metrics.token_fetch(if fetched.is_ok() { "success" } else { "failure" });
+        match &fetched {
+            Err(e @ AtlasError::Transport { .. }) => {
+                metrics.dependencies.unanswered(Dependency::TokenEndpoint, e.to_string())
+            }
+            _ => metrics.dependencies.answered(Dependency::TokenEndpoint),
+        }
         match fetched {
             Ok(response) => {
                 let ttl = Duration::from_secs(response.expires_in);

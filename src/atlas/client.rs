@@ -16,10 +16,11 @@ use url::Url;
 
 use super::auth::{DigestAuth, TokenCache};
 use super::credential::CredentialHealth;
+use super::dependency::Dependency;
 use super::endpoint::{Operation, is_atlas_id};
 use super::error::{AtlasError, ErrorClass, TransportKind, api_error, header_u32};
 use super::invitations::InvitationQueue;
-use super::limiter::{OrgRateLimiter, RateLimitSnapshot};
+use super::limiter::{OrgPermit, OrgRateLimiter, RateLimitSnapshot};
 use super::metrics::AtlasMetrics;
 use super::models::{
     AddOrRemoveGroupRole, AddOrRemoveOrgRole, GroupUser, MAX_ITEMS_PER_PAGE, MembershipStatus, OrgUser, OrgUserRequest,
@@ -791,17 +792,31 @@ impl AtlasClient {
     /// backed off) exchange.
     async fn send(&self, req: &Request) -> Result<Answer, AtlasError> {
         let inner = &*self.inner;
-        let (_org_permit, waited) = inner.limiter.acquire(&req.pace_key).await;
+        let (org_permit, waited) = inner.limiter.acquire(&req.pace_key).await;
         if !waited.is_zero() {
             inner.metrics.throttled(req.op.operation_id());
         }
         let _permit = inner.concurrency.acquire().await.expect("the semaphore is never closed");
         // Checked once a permit is held: calls that queued behind a refusal fail fast.
         let _probe = inner.health.admit(&req.org_id)?;
-        let result = self.exchange(req).await;
+        let result = self.exchange(req, &org_permit).await;
+        let dependencies = &inner.metrics.dependencies;
         match &result {
-            Ok(_) => inner.health.record(&req.org_id, Ok(())),
+            Ok(_) => {
+                dependencies.answered(Dependency::Atlas);
+                inner.health.record(&req.org_id, Ok(()))
+            }
             Err(e) => {
+                match e {
+                    AtlasError::Transport { operation, .. } if *operation != super::error::TOKEN_OPERATION => {
+                        dependencies.unanswered(Dependency::Atlas, e.to_string())
+                    }
+                    AtlasError::Api { .. } | AtlasError::Decode { .. } | AtlasError::Authentication { .. } => {
+                        dependencies.answered(Dependency::Atlas)
+                    }
+                    // The token endpoint's (counted where the token is fetched), or no exchange.
+                    _ => {}
+                }
                 inner.health.record(&req.org_id, Err(e));
                 // (The token cache counts its own timeouts, once per fetch.)
                 if let AtlasError::Transport { kind: TransportKind::Timeout, operation, .. } = e
@@ -816,7 +831,7 @@ impl AtlasClient {
 
     /// Authenticate (answering a fresh challenge or replacing a refused token once), send,
     /// map the answer.
-    async fn exchange(&self, req: &Request) -> Result<Answer, AtlasError> {
+    async fn exchange(&self, req: &Request, pace: &OrgPermit) -> Result<Answer, AtlasError> {
         let inner = &*self.inner;
         let op_id = req.op.operation_id();
         let method = req.op.method();
@@ -857,7 +872,7 @@ impl AtlasClient {
             inner.metrics.request_duration(op_id, sent.elapsed().as_secs_f64());
             let (status, headers, body) = result.map_err(|e| AtlasError::from_reqwest(op_id, e))?;
             inner.limiter.observe(
-                &req.pace_key,
+                pace,
                 header_u32(&headers, "ratelimit-limit"),
                 header_u32(&headers, "ratelimit-remaining"),
             );

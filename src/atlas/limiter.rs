@@ -5,8 +5,18 @@
 //! endpoint sets per organization. Each key gets a local token bucket that mirrors Atlas's:
 //! its capacity is the reported limit, it refills over `window`, and every answer resets the
 //! local count to what Atlas reports (minus the requests still in flight). Requests pass at
-//! once while the bucket holds more than a small reserve; below it they are spaced at the
-//! refill rate, so a burst slows down before Atlas answers 429. A 429 (or 503) with
+//! once while the bucket holds more than a reserve; below it they are spaced at the refill
+//! rate, so a burst slows down before Atlas answers 429.
+//!
+//! The reserve is one token while this process is the bucket's only user: the count is then
+//! exact up to rounding and conservative (Atlas takes a request's token when it arrives, the
+//! local count as it leaves), and every token held back is a token a large job never uses
+//! (10% of the bucket held back cost 10% of a bucket's worth of time at the end of every job
+//! that drains it). When Atlas reports fewer tokens than the local count expected (more than
+//! [`SHARED_SLACK`] fewer), or refuses a request the local count had room for, someone else
+//! uses the bucket (another tool on the same organization, another replica): for a window
+//! from then on the reserve is 10% of the bucket, room for the other user's bursts before
+//! Atlas answers 429. A 429 (or 503) with
 //! `Retry-After` holds the key for exactly that long; the bucket keeps the count the refusal
 //! reported (it is not drained), and when the hold ends one request goes at once, whatever
 //! the reserve: Atlas said it would take it then, and its answer re-synchronises the count.
@@ -32,7 +42,15 @@ struct Bucket {
     tokens: f64,
     updated: Instant,
     in_flight: u32,
+    /// Requests acquired so far (each permit remembers the count at its start).
+    acquired: u64,
+    /// Requests waiting in `line`.
+    waiting: u32,
+    /// Waiting requests queue here, in arrival order.
+    line: Arc<tokio::sync::Mutex<()>>,
     held_until: Option<Instant>,
+    /// Until then, another client is taken to share the bucket: the large reserve applies.
+    shared_until: Option<Instant>,
     /// A hold ended: the next request goes without waiting for the reserve.
     probe: bool,
     reported: Option<RateLimitSnapshot>,
@@ -40,7 +58,28 @@ struct Bucket {
 
 impl Bucket {
     fn new(now: Instant) -> Self {
-        Self { capacity: 0.0, tokens: 0.0, updated: now, in_flight: 0, held_until: None, probe: false, reported: None }
+        Self {
+            capacity: 0.0,
+            tokens: 0.0,
+            updated: now,
+            in_flight: 0,
+            acquired: 0,
+            waiting: 0,
+            line: Arc::default(),
+            held_until: None,
+            shared_until: None,
+            probe: false,
+            reported: None,
+        }
+    }
+
+    /// Another client used the bucket: the large reserve for `window`.
+    fn mark_shared(&mut self, now: Instant, window: Duration) {
+        self.shared_until = Some(now + window);
+    }
+
+    fn is_shared(&self, now: Instant) -> bool {
+        self.shared_until.is_some_and(|until| until > now)
     }
 
     fn refill(&mut self, now: Instant, window: Duration) {
@@ -52,10 +91,16 @@ impl Bucket {
     }
 }
 
+/// Tokens Atlas may report below the local count before another client is assumed: rounding
+/// (Atlas reports whole tokens) and answers overtaking each other.
+pub const SHARED_SLACK: f64 = 2.0;
+
+/// The share of the bucket held back while another client uses it.
+const SHARED_RESERVE: f64 = 0.1;
+
 struct Inner {
     enabled: bool,
     window: Duration,
-    reserve_fraction: f64,
     buckets: Mutex<HashMap<String, Bucket>>,
 }
 
@@ -87,12 +132,30 @@ impl Default for OrgRateLimiter {
 pub struct OrgPermit {
     limiter: OrgRateLimiter,
     key: String,
+    /// The key's `acquired` count once this request was counted.
+    seq: u64,
+    /// Other requests under the key in flight when this one started.
+    concurrent: u32,
 }
 
 impl Drop for OrgPermit {
     fn drop(&mut self) {
         if let Some(bucket) = self.limiter.inner.buckets.lock().expect("limiter lock").get_mut(&self.key) {
             bucket.in_flight = bucket.in_flight.saturating_sub(1);
+        }
+    }
+}
+
+/// A request in its key's line (also when its wait is cancelled).
+struct InLine<'a> {
+    limiter: &'a OrgRateLimiter,
+    key: &'a str,
+}
+
+impl Drop for InLine<'_> {
+    fn drop(&mut self) {
+        if let Some(bucket) = self.limiter.inner.buckets.lock().expect("limiter lock").get_mut(self.key) {
+            bucket.waiting = bucket.waiting.saturating_sub(1);
         }
     }
 }
@@ -110,35 +173,55 @@ impl OrgRateLimiter {
 
     fn build(enabled: bool, window: Duration) -> Self {
         let window = window.max(Duration::from_millis(1));
-        Self { inner: Arc::new(Inner { enabled, window, reserve_fraction: 0.1, buckets: Mutex::new(HashMap::new()) }) }
+        Self { inner: Arc::new(Inner { enabled, window, buckets: Mutex::new(HashMap::new()) }) }
     }
 
     /// Wait until a request under `key` may go; returns its permit and how long it waited
-    /// (zero when it went at once: only a request that slept counts as delayed).
+    /// (zero when it went at once: only a request that queued counts as delayed). Requests
+    /// that must wait go in arrival order: the first in line sleeps until its token is
+    /// there, the others queue behind it (tokio's `Mutex` is fair). Without the line, every
+    /// waiter slept for the same next token and whichever woke first took it, so a request
+    /// could be overtaken again and again, and whatever waited for it (a team waiting for
+    /// its members' invitations, a pass waiting for its last object) waited with it.
     pub async fn acquire(&self, key: &str) -> (OrgPermit, Duration) {
         let started = Instant::now();
-        let mut slept = false;
+        let gate = match self.take(key, true) {
+            Ok(permit) => return (permit, Duration::ZERO),
+            Err((_, gate)) => gate,
+        };
+        let _in_line = InLine { limiter: self, key };
+        let _turn = gate.lock().await;
         loop {
-            let wait = {
-                let mut buckets = self.inner.buckets.lock().expect("limiter lock");
-                let now = Instant::now();
-                let bucket = buckets.entry(key.to_string()).or_insert_with(|| Bucket::new(now));
-                bucket.refill(now, self.inner.window);
-                self.wait_needed(bucket, now).unwrap_or_else(|| {
-                    if bucket.capacity > 0.0 {
-                        bucket.tokens = (bucket.tokens - 1.0).max(0.0);
-                    }
-                    bucket.in_flight += 1;
-                    Duration::ZERO
-                })
-            };
-            if wait.is_zero() {
-                let waited = if slept { started.elapsed() } else { Duration::ZERO };
-                return (OrgPermit { limiter: self.clone(), key: key.to_string() }, waited);
+            match self.take(key, false) {
+                Ok(permit) => return (permit, started.elapsed()),
+                Err((wait, _)) => tokio::time::sleep(wait).await,
             }
-            tokio::time::sleep(wait).await;
-            slept = true;
         }
+    }
+
+    /// The permit if a request under `key` may go now; else how long until it may and the
+    /// key's line. `first` (not in line yet): only when nobody waits, and joins the line if
+    /// it may not go.
+    #[allow(clippy::type_complexity)]
+    fn take(&self, key: &str, first: bool) -> Result<OrgPermit, (Duration, Arc<tokio::sync::Mutex<()>>)> {
+        let mut buckets = self.inner.buckets.lock().expect("limiter lock");
+        let now = Instant::now();
+        let bucket = buckets.entry(key.to_string()).or_insert_with(|| Bucket::new(now));
+        bucket.refill(now, self.inner.window);
+        let wait = if first && bucket.waiting > 0 { Some(Duration::ZERO) } else { self.wait_needed(bucket, now) };
+        if let Some(wait) = wait {
+            if first {
+                bucket.waiting += 1;
+            }
+            return Err((wait, bucket.line.clone()));
+        }
+        if bucket.capacity > 0.0 {
+            bucket.tokens = (bucket.tokens - 1.0).max(0.0);
+        }
+        let concurrent = bucket.in_flight;
+        bucket.in_flight += 1;
+        bucket.acquired += 1;
+        Ok(OrgPermit { limiter: self.clone(), key: key.to_string(), seq: bucket.acquired, concurrent })
     }
 
     fn wait_needed(&self, bucket: &mut Bucket, now: Instant) -> Option<Duration> {
@@ -154,7 +237,8 @@ impl OrgRateLimiter {
         if std::mem::take(&mut bucket.probe) || bucket.capacity <= 0.0 {
             return None;
         }
-        let reserve = (bucket.capacity * self.inner.reserve_fraction).max(1.0).min(bucket.capacity - 1.0).max(0.0);
+        let shared = if bucket.is_shared(now) { bucket.capacity * SHARED_RESERVE } else { 0.0 };
+        let reserve = shared.max(1.0).min(bucket.capacity - 1.0).max(0.0);
         let missing = reserve + 1.0 - bucket.tokens;
         if missing <= 0.0 {
             return None;
@@ -163,32 +247,48 @@ impl OrgRateLimiter {
         Some(Duration::from_secs_f64(missing * per_token).max(Duration::from_millis(1)))
     }
 
-    /// Take the `RateLimit-*` headers of an answer to a request under `key` (the answering
-    /// request still holds its permit).
-    pub fn observe(&self, key: &str, limit: Option<u32>, remaining: Option<u32>) {
+    /// Take the `RateLimit-*` headers of the answer to `permit`'s request (still in flight).
+    pub fn observe(&self, permit: &OrgPermit, limit: Option<u32>, remaining: Option<u32>) {
         let (Some(limit), Some(remaining)) = (limit, remaining) else { return };
         let mut buckets = self.inner.buckets.lock().expect("limiter lock");
         let now = Instant::now();
-        let bucket = buckets.entry(key.to_string()).or_insert_with(|| Bucket::new(now));
+        let bucket = buckets.entry(permit.key.clone()).or_insert_with(|| Bucket::new(now));
         bucket.refill(now, self.inner.window);
+        let remaining_f = f64::from(remaining.min(limit));
+        // Requests of ours that flew while this one did: in flight when it started, or
+        // started since.
+        let overlapped = u64::from(permit.concurrent) + bucket.acquired.saturating_sub(permit.seq);
+        if bucket.capacity <= 0.0 || overlapped == 0 {
+            // Alone in flight: Atlas's count is the count. Far below ours: someone else
+            // takes from the bucket too.
+            if bucket.capacity > 0.0 && remaining_f + SHARED_SLACK < bucket.tokens {
+                bucket.mark_shared(now, self.inner.window);
+            }
+            let others_in_flight = f64::from(bucket.in_flight.saturating_sub(1));
+            bucket.tokens = (remaining_f - others_in_flight).max(0.0);
+        } else {
+            let bound = (remaining_f - overlapped as f64).max(0.0);
+            bucket.tokens = bucket.tokens.max(bound);
+        }
         bucket.capacity = f64::from(limit.max(1));
-        let others_in_flight = f64::from(bucket.in_flight.saturating_sub(1));
-        bucket.tokens = (f64::from(remaining.min(limit)) - others_in_flight).max(0.0);
         bucket.reported = Some(RateLimitSnapshot { limit, remaining });
     }
 
     /// Atlas answered 429 (or 503) with `Retry-After`: nothing under `key` is sent before
     /// `retry_after` has passed, then one request goes at once. `synced` says the refusal
-    /// carried `RateLimit-*` headers ([`Self::observe`] took them); without them the local
-    /// count is set to empty.
+    /// carried `RateLimit-*` headers ([`Self::observe`] took them): the count is then at
+    /// most what the refusal reported; without them it is set to empty. A refusal while the
+    /// local count had room means someone else takes from the bucket too.
     pub fn hold(&self, key: &str, retry_after: Duration, synced: bool) {
         let mut buckets = self.inner.buckets.lock().expect("limiter lock");
         let now = Instant::now();
         let bucket = buckets.entry(key.to_string()).or_insert_with(|| Bucket::new(now));
         bucket.refill(now, self.inner.window);
-        if !synced {
-            bucket.tokens = 0.0;
+        if bucket.capacity > 0.0 && bucket.tokens >= SHARED_SLACK {
+            bucket.mark_shared(now, self.inner.window);
         }
+        let reported = bucket.reported.filter(|_| synced).map_or(0.0, |r| f64::from(r.remaining));
+        bucket.tokens = bucket.tokens.min(reported);
         if self.inner.enabled {
             let until = now + retry_after;
             bucket.held_until = Some(bucket.held_until.map_or(until, |held| held.max(until)));
@@ -222,8 +322,8 @@ mod tests {
         // 10 a second: capacity 10 over a 1 s window, reserve 1.
         let limiter = OrgRateLimiter::new(Duration::from_secs(1));
         {
-            let (_p, _) = limiter.acquire(ORG).await;
-            limiter.observe(ORG, Some(10), Some(9));
+            let (p, _) = limiter.acquire(ORG).await;
+            limiter.observe(&p, Some(10), Some(9));
         }
         let start = Instant::now();
         // 8 more pass at once (9 left, 1 kept in reserve) ...
@@ -246,26 +346,149 @@ mod tests {
     async fn atlas_count_overrides_the_local_one() {
         let limiter = OrgRateLimiter::new(Duration::from_secs(60));
         let (p, _) = limiter.acquire(ORG).await;
-        // Another client drained the bucket: only the reserve is left.
-        limiter.observe(ORG, Some(100), Some(1));
+        // The first answer: only two tokens left (someone used the bucket before us).
+        limiter.observe(&p, Some(100), Some(2));
         drop(p);
         let (_p, waited) = limiter.acquire(ORG).await;
-        // One token short of reserve (10) + 1: 10 tokens at 0.6 s each.
-        assert!(waited >= Duration::from_secs(6) && waited < Duration::from_millis(6100), "{waited:?}");
+        assert_eq!(waited, Duration::ZERO, "one token above the reserve of one");
+        let (_p, waited) = limiter.acquire(ORG).await;
+        // One token short of reserve (1) + 1: 0.6 s.
+        assert!(waited >= Duration::from_millis(600) && waited < Duration::from_millis(610), "{waited:?}");
     }
 
+    /// Alone on a bucket, a burst uses all of it but the last token.
     #[tokio::test(start_paused = true)]
-    async fn in_flight_requests_count_against_the_report() {
+    async fn a_lone_client_drains_the_bucket_to_one_token() {
         let limiter = OrgRateLimiter::new(Duration::from_secs(60));
-        let (first, _) = limiter.acquire(ORG).await;
-        let (_second, _) = limiter.acquire(ORG).await;
-        let (_third, _) = limiter.acquire(ORG).await;
-        // `first` answers: 12 left, but two requests are still on their way.
-        limiter.observe(ORG, Some(20), Some(12));
-        drop(first);
-        // reserve 2: 10 - 2 = 8 pass without waiting.
+        {
+            let (p, _) = limiter.acquire(ORG).await;
+            limiter.observe(&p, Some(100), Some(99));
+        }
         let mut permits = Vec::new();
-        for _ in 0..8 {
+        for _ in 0..98 {
+            let (p, waited) = limiter.acquire(ORG).await;
+            assert_eq!(waited, Duration::ZERO);
+            permits.push(p);
+        }
+        let (_p, waited) = limiter.acquire(ORG).await;
+        assert!(waited > Duration::ZERO);
+    }
+
+    /// Requests that wait go in the order they came, one per refill: none is overtaken.
+    #[tokio::test(start_paused = true)]
+    async fn waiting_requests_go_in_arrival_order() {
+        let limiter = OrgRateLimiter::new(Duration::from_secs(1));
+        {
+            let (p, _) = limiter.acquire(ORG).await;
+            limiter.observe(&p, Some(10), Some(1));
+        }
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for n in 0..20 {
+            let (limiter, order) = (limiter.clone(), order.clone());
+            tasks.push(tokio::spawn(async move {
+                let (_p, _) = limiter.acquire(ORG).await;
+                order.lock().unwrap().push((n, Instant::now()));
+            }));
+            // Arrive in a defined order.
+            tokio::task::yield_now().await;
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let order = order.lock().unwrap();
+        assert_eq!(order.iter().map(|(n, _)| *n).collect::<Vec<_>>(), (0..20).collect::<Vec<_>>());
+        // Paced at the refill rate, 100 ms apart.
+        for pair in order.windows(2) {
+            let gap = pair[1].1 - pair[0].1;
+            assert!(gap >= Duration::from_millis(99) && gap <= Duration::from_millis(102), "{gap:?}");
+        }
+    }
+
+    /// A burst's answers come back in the reverse of the order Atlas counted them: the last
+    /// one read carries the oldest (highest) count, which must not become the count.
+    #[tokio::test(start_paused = true)]
+    async fn answers_overtaking_each_other_do_not_inflate_the_count() {
+        let limiter = OrgRateLimiter::new(Duration::from_secs(60));
+        {
+            let (p, _) = limiter.acquire(ORG).await;
+            limiter.observe(&p, Some(10), Some(9));
+        }
+        let mut burst = Vec::new();
+        for _ in 0..6 {
+            let (p, waited) = limiter.acquire(ORG).await;
+            assert_eq!(waited, Duration::ZERO);
+            burst.push(p);
+        }
+        // Atlas counted them in order (8, 7, ... 3 left); they are read last first.
+        for (n, p) in burst.into_iter().enumerate().rev() {
+            limiter.observe(&p, Some(10), Some(8 - n as u32));
+            drop(p);
+        }
+        // 3 left, one kept: two go at once, the third waits.
+        for _ in 0..2 {
+            let (_p, waited) = limiter.acquire(ORG).await;
+            assert_eq!(waited, Duration::ZERO);
+        }
+        let (_p, waited) = limiter.acquire(ORG).await;
+        assert!(waited > Duration::ZERO);
+    }
+
+    /// Atlas reports far fewer tokens than the local count: another client shares the bucket,
+    /// and 10% of it is held back for a window; then the reserve is one token again.
+    #[tokio::test(start_paused = true)]
+    async fn another_client_on_the_bucket_brings_the_reserve_back() {
+        let limiter = OrgRateLimiter::new(Duration::from_secs(60));
+        {
+            let (p, _) = limiter.acquire(ORG).await;
+            limiter.observe(&p, Some(100), Some(90));
+        }
+        {
+            // Locally 89 are left; Atlas says 50.
+            let (p, _) = limiter.acquire(ORG).await;
+            limiter.observe(&p, Some(100), Some(50));
+        }
+        let mut permits = Vec::new();
+        // Reserve 10: 40 pass at once, the 41st waits.
+        for _ in 0..40 {
+            let (p, waited) = limiter.acquire(ORG).await;
+            assert_eq!(waited, Duration::ZERO);
+            permits.push(p);
+        }
+        let (p, waited) = limiter.acquire(ORG).await;
+        assert!(waited > Duration::ZERO);
+        permits.push(p);
+        drop(permits);
+        // A window later, nothing else seen: the bucket has refilled, and only one token is
+        // held back.
+        tokio::time::sleep(Duration::from_secs(61)).await;
+        {
+            let (p, _) = limiter.acquire(ORG).await;
+            limiter.observe(&p, Some(100), Some(99));
+        }
+        for _ in 0..98 {
+            let (_p, waited) = limiter.acquire(ORG).await;
+            assert_eq!(waited, Duration::ZERO);
+        }
+    }
+
+    /// A refusal without `RateLimit-*` headers while the local count had room: shared too.
+    #[tokio::test(start_paused = true)]
+    async fn an_unexpected_refusal_brings_the_reserve_back() {
+        let limiter = OrgRateLimiter::new(Duration::from_secs(60));
+        {
+            let (p, _) = limiter.acquire(ORG).await;
+            limiter.observe(&p, Some(100), Some(90));
+        }
+        limiter.hold(ORG, Duration::from_secs(1), false);
+        // The hold's probe goes at Retry-After whatever the count ...
+        let (p, waited) = limiter.acquire(ORG).await;
+        assert!(waited >= Duration::from_secs(1), "{waited:?}");
+        limiter.observe(&p, Some(100), Some(20));
+        drop(p);
+        // ... then 20 tokens with a reserve of 10: 10 pass at once.
+        let mut permits = Vec::new();
+        for _ in 0..10 {
             let (p, waited) = limiter.acquire(ORG).await;
             assert_eq!(waited, Duration::ZERO);
             permits.push(p);
@@ -290,25 +513,29 @@ mod tests {
     async fn after_a_hold_one_request_goes_at_retry_after() {
         let limiter = OrgRateLimiter::new(Duration::from_secs(60));
         let (p, _) = limiter.acquire(ORG).await;
-        // The 429 reports an empty bucket of 100 (0.6 s a token, reserve 10).
-        limiter.observe(ORG, Some(100), Some(0));
+        // The 429 reports an empty bucket of 100 (0.6 s a token).
+        limiter.observe(&p, Some(100), Some(0));
         limiter.hold(ORG, Duration::from_secs(1), true);
         drop(p);
         let (p, waited) = limiter.acquire(ORG).await;
         assert!(waited >= Duration::from_secs(1) && waited < Duration::from_millis(1010), "{waited:?}");
         // Its answer: Atlas refilled one token during the second and this request took it.
-        limiter.observe(ORG, Some(100), Some(1));
+        limiter.observe(&p, Some(100), Some(1));
         drop(p);
         let (_p, waited) = limiter.acquire(ORG).await;
-        // 1 token of the reserve + 1 left to refill: 10 tokens at 0.6 s.
-        assert!(waited >= Duration::from_secs(6) && waited < Duration::from_millis(6100), "{waited:?}");
+        // The reserve (1) + 1, one of them there: one token at 0.6 s (not the 10% reserve
+        // of a bucket shared with another client).
+        assert!(waited >= Duration::from_millis(600) && waited < Duration::from_millis(610), "{waited:?}");
     }
 
     #[tokio::test(start_paused = true)]
     async fn disabled_never_waits_but_records() {
         let limiter = OrgRateLimiter::disabled();
         limiter.hold(ORG, Duration::from_secs(3), false);
-        limiter.observe(ORG, Some(1), Some(0));
+        let (p, waited) = limiter.acquire(ORG).await;
+        assert_eq!(waited, Duration::ZERO);
+        limiter.observe(&p, Some(1), Some(0));
+        drop(p);
         let (_p, waited) = limiter.acquire(ORG).await;
         assert_eq!(waited, Duration::ZERO);
         assert_eq!(limiter.snapshot(ORG), Some(RateLimitSnapshot { limit: 1, remaining: 0 }));

@@ -7,6 +7,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use super::dependency::DependencyHealth;
 use super::endpoint::Operation;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -58,6 +59,8 @@ pub struct AtlasMetrics {
     pub invitations_queued: prometheus_client::metrics::gauge::Gauge,
     /// Invitations Atlas refused with `INVITATIONS_RATE_LIMITED_IP`.
     pub invitations_refused: Counter,
+    /// Whether Atlas and the token endpoint answer (`atlas_access_dependency_*`, `/readyz`).
+    pub dependencies: DependencyHealth,
 }
 
 impl Default for AtlasMetrics {
@@ -72,6 +75,7 @@ impl Default for AtlasMetrics {
             timeouts: Family::default(),
             invitations_queued: Default::default(),
             invitations_refused: Counter::default(),
+            dependencies: DependencyHealth::default(),
         }
     }
 }
@@ -122,6 +126,7 @@ impl AtlasMetrics {
             "Invitations refused by Atlas's per-IP limit (INVITATIONS_RATE_LIMITED_IP)",
             self.invitations_refused.clone(),
         );
+        self.dependencies.register(registry);
     }
 
     /// Create every counter series at 0, so that alerts see 0 rather than no data.

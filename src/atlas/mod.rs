@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod client;
 mod credential;
+pub mod dependency;
 pub mod endpoint;
 pub mod error;
 pub mod invitations;
@@ -20,6 +21,7 @@ pub use client::{
     ATLAS_BASE_URL, ATLAS_GOV_BASE_URL, AtlasClient, ClientConfig, CreateOutcome, CredentialIdentity, Credentials,
     ListOrgUsersQuery,
 };
+pub use dependency::{Dependency, DependencyHealth};
 pub use endpoint::Operation;
 pub use error::{AtlasError, ErrorClass, TransportKind};
 pub use invitations::{InvitationQueue, QueuePlace, QueueSnapshot};

@@ -711,7 +711,11 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
     let audit_metrics = audit::AuditMetrics::register(&mut registry);
     let ready = Arc::new(AtomicBool::new(false));
     let shutdown = Arc::new(tokio::sync::Notify::new());
-    let http_state = crate::http::HttpState { registry: Arc::new(registry), ready: ready.clone() };
+    let http_state = crate::http::HttpState {
+        registry: Arc::new(registry),
+        ready: ready.clone(),
+        dependencies: atlas_metrics.dependencies.clone(),
+    };
     let http_shutdown = shutdown.clone();
     let (bound, http_task) =
         crate::http::serve(args.http_bind, http_state, async move { http_shutdown.notified().await })

@@ -3,7 +3,7 @@
 //! concurrently up to a bound; a team membership starts once the AtlasOrgUser objects of
 //! its members (same organization, from the same set) are done, so a new user is invited
 //! before being added to a team while other invitations go on (a team not Ready yet is
-//! reconciled in steps as its members finish). Each pass starts from a fresh
+//! reconciled in steps as its members finish: its first member alone, then 10 at a time). Each pass starts from a fresh
 //! listing of every organization; statuses carry over from pass to pass as they would in
 //! the cluster.
 
@@ -154,7 +154,8 @@ impl ObjectSet {
     }
 }
 
-/// A team membership waiting for many members is reconciled each time this many more are done.
+/// A team membership waiting for many members is reconciled once its first member is done,
+/// then each time this many more are.
 const TEAM_STEP: usize = 10;
 
 /// Reconcile every object once. `on_done` sees each object's outcome as it finishes (for
@@ -177,11 +178,7 @@ pub async fn run_pass(
     // start only once all invitations are done, instead of as soon as their members are.
     let team_permits = Semaphore::new(concurrency.max(1));
     let rivals = objects.rivals();
-    let surroundings: Vec<TeamSurroundings> = objects
-        .team_memberships
-        .iter()
-        .map(|t| TeamSurroundings::of(t, &objects.team_memberships, &objects.org_users))
-        .collect();
+    let surroundings = TeamSurroundings::of_each(&objects.team_memberships, &objects.org_users);
     let deps = objects.dependencies();
     let (done_tx, done_rx): (Vec<_>, Vec<_>) = objects.org_users.iter().map(|_| watch::channel(false)).unzip();
     let done_tx = Arc::new(done_tx);
@@ -215,7 +212,12 @@ pub async fn run_pass(
                 .is_some_and(|s| crate::api::conditions::is_true(&s.conditions, crate::api::conditions::READY));
             let mut current = None::<AtlasTeamMembership>;
             let mut earlier_events = Vec::new();
-            let steps: Vec<&[usize]> = deps.chunks(TEAM_STEP).collect();
+            // The first step is the first member alone: the team's first addition goes as
+            // soon as one member is invited, while the team's bucket still has its whole
+            // burst (Atlas refills a full bucket for nothing); then steps of TEAM_STEP.
+            let (first, rest) = deps.split_at(deps.len().min(1));
+            let steps: Vec<&[usize]> =
+                std::iter::once(first).filter(|s| !s.is_empty()).chain(rest.chunks(TEAM_STEP)).collect();
             for (n, step) in steps.iter().enumerate() {
                 for &d in *step {
                     let mut rx = done_rx[d].clone();

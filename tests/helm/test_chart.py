@@ -158,3 +158,44 @@ def test_admission_policy_follows_its_value(enabled, count):
     documents = [yaml.safe_load(body) for _, body in rm.render({"tenancy": {"admissionPolicy": {"enabled": enabled}}})]
     kinds = [d["kind"] for d in documents if d["kind"].startswith("ValidatingAdmissionPolicy")]
     assert len(kinds) == count
+
+
+def _args(values: dict) -> list[str]:
+    (deployment,) = [yaml.safe_load(b) for t, b in rm.render(values) if t == "deployment.yaml"]
+    return deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+@pytest.mark.parametrize(
+    ("values", "flag"),
+    [
+        ({"concurrency": 4}, "--concurrency=4"),
+        ({"indexRefreshInterval": "2m"}, "--index-refresh-interval=2m"),
+        ({"invitationsPerMinute": 6}, "--invitations-per-minute=6"),
+        ({"invitationsPerMinute": 0}, "--invitations-per-minute=0"),
+        ({"invitationWarning": "3d"}, "--invitation-warning=3d"),
+        ({"reconcileTimeout": "90s"}, "--reconcile-timeout=90s"),
+    ],
+)
+def test_optional_flags_reach_the_container_args(values, flag):
+    """Each optional value becomes exactly its flag; left null, the flag is not passed (the
+    operator's default applies)."""
+    assert flag in _args(values)
+    name = flag.split("=")[0]
+    assert not [a for a in _args({}) if a.split("=")[0] == name]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {"reconcileTimeout": "0s"},
+        {"reconcileTimeout": "5 minutes"},
+        {"indexRefreshInterval": "soon"},
+        {"invitationWarning": "7"},
+        {"invitationsPerMinute": -1},
+        {"invitationsPerMinute": "10"},
+    ],
+)
+def test_schema_refuses_bad_pacing_values(values):
+    defaults = yaml.safe_load((rm.CHART_DIR / "values.yaml").read_text())
+    with helm.Chart.load(rm.CHART_DIR) as chart, pytest.raises(Exception):
+        chart.validate_schema({**defaults, **values})
