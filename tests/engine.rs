@@ -616,7 +616,7 @@ async fn a_member_change_re_plans_the_team_from_its_remembered_listing() {
     reconcile_org_user(&client, &index, &dave, &[], Mode::Apply, now).await.unwrap();
     state.reset_counters();
     let around = TeamSurroundings {
-        org_user_refs: BTreeMap::from([("dave".to_string(), "dave@example.com".to_string())]),
+        org_user_refs: std::sync::Arc::new(BTreeMap::from([("dave".to_string(), "dave@example.com".to_string())])),
         writers: vec![],
     };
     let report = reconcile_team_membership(&client, &index, &team, &around, Mode::Apply, now, &InMemory).await.unwrap();

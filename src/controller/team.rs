@@ -61,7 +61,7 @@ fn surroundings(obj: &AtlasTeamMembership, ctx: &Context) -> TeamSurroundings {
             .filter(|u| u.metadata.deletion_timestamp.is_none())
             .flat_map(|u| TeamWriter::of_org_user(u)),
     );
-    TeamSurroundings { org_user_refs: refs_of(obj, ctx), writers }
+    TeamSurroundings { org_user_refs: refs_of(obj, ctx).into(), writers }
 }
 
 impl Managed for AtlasTeamMembership {
@@ -94,6 +94,7 @@ impl Managed for AtlasTeamMembership {
         let intent = StatusIntent {
             api: Api::namespaced(ctx.kube.clone(), &self.namespace().unwrap_or_default()),
             object: self,
+            ctx,
         };
         engine::reconcile_team_membership(client, &ctx.index, self, &around, Mode::Apply, Timestamp::now(), &intent)
             .await
