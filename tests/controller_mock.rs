@@ -377,6 +377,39 @@ async fn a_no_op_reconcile_makes_no_api_server_request() {
     api.assert_done().await;
 }
 
+/// A reconcile triggered again before the watch delivered the operator's own status write
+/// (the cache still holds the version that write replaced) waits for the watch: no Atlas
+/// call, no API-server request, a short requeue. Planning from the older status would repeat
+/// what the last reconcile did (an Atlas write, a warning event). Once the cache shows the
+/// write, the object reconciles as usual.
+#[tokio::test]
+async fn a_reconcile_from_a_cache_behind_its_own_status_write_waits_for_the_watch() {
+    let sim = start_sim();
+    let mut obj = finalized(alice("Delete"));
+    obj.metadata.resource_version = Some("1".into());
+    let (ctx, mut api) = context_with(&sim, store_of(&[&obj]), None, |c| c.with_revalidation(RESYNC.mul_f64(0.8)));
+    let run = tokio::spawn(reconcile_org_user(Arc::new(obj.clone()), ctx.clone()));
+    answer_secret(api.next().await);
+    answer_event(api.next().await, &obj);
+    let mut written = obj.clone();
+    written.metadata.resource_version = Some("2".into());
+    let status: AtlasOrgUserStatus = answer_status_apply(api.next().await, &written);
+    api.finish(run).await.expect("reconcile succeeds");
+    let atlas_calls = sim.state().counters().total_requests();
+
+    let run = tokio::spawn(reconcile_org_user(Arc::new(obj.clone()), ctx.clone()));
+    let action = api.finish(run).await.expect("waiting is not an error");
+    assert_eq!(action, Action::requeue(Duration::from_millis(500)));
+    assert_eq!(sim.state().counters().total_requests(), atlas_calls, "no Atlas call from a stale cache");
+
+    written.status = Some(status);
+    let run = tokio::spawn(reconcile_org_user(Arc::new(written.clone()), ctx.clone()));
+    let action = api.finish(run).await.expect("a no-op reconcile succeeds");
+    assert!(requeue_after(&action).is_some_and(|d| d > Duration::from_secs(60)), "{action:?}");
+    drop(ctx);
+    api.assert_done().await;
+}
+
 /// Scenario 4, Delete: the user leaves the organization, then the finalizer goes.
 #[tokio::test]
 async fn deletion_with_policy_delete_removes_the_user_then_the_finalizer() {

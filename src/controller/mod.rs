@@ -11,6 +11,7 @@ pub mod leader;
 mod object;
 mod org_user;
 pub mod organization;
+mod own_writes;
 pub mod rbac;
 pub mod status;
 mod team;
@@ -167,6 +168,8 @@ pub struct Context {
     /// Time limit of one reconcile.
     pub reconcile_timeout: Duration,
     backoff: Mutex<HashMap<String, u32>>,
+    /// Status writes the cache has not shown yet.
+    own_writes: own_writes::OwnWrites,
     /// Namespace labels read for an AtlasOrganization's namespaceSelector, and when.
     namespace_labels: Mutex<HashMap<String, ReadLabels>>,
     /// How long read namespace labels are trusted (zero: read on every reconcile).
@@ -346,6 +349,7 @@ impl Context {
             invitation_warning: crate::reconcile::audit::DEFAULT_INVITATION_WARNING,
             reconcile_timeout: Duration::from_secs(300),
             backoff: Mutex::default(),
+            own_writes: Default::default(),
             namespace_labels: Mutex::default(),
             namespace_labels_ttl: Duration::ZERO,
         }
@@ -806,6 +810,7 @@ pub async fn run(args: RunArgs) -> Result<(), String> {
         invitation_warning: args.invitation_warning,
         reconcile_timeout: args.reconcile_timeout,
         backoff: Mutex::default(),
+        own_writes: Default::default(),
         namespace_labels: Mutex::default(),
         // Like an unwatched Secret: read again before every drift check.
         namespace_labels_ttl: args.secret_revalidation(),

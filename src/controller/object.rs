@@ -4,6 +4,7 @@
 use std::fmt::Debug;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Instant;
 
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
@@ -12,7 +13,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::credentials::CredentialsRef;
-use super::status::{ConditionedStatus, apply_status, failed_status};
+use super::status::{ConditionedStatus, StatusWrite, apply_status_versioned, failed_status};
 use super::{Context, Error, failure_message, incomplete, instrumented};
 use crate::api::conditions::{HasConditions, READY, find};
 use crate::api::{AtlasOrganization, DeletionPolicy, FINALIZER};
@@ -26,14 +27,32 @@ use crate::reconcile::tenancy::{self, NOT_ALLOWED, Request};
 pub(super) struct StatusIntent<'a, K: Managed> {
     pub api: Api<K>,
     pub object: &'a K,
+    pub ctx: &'a Context,
 }
 
 impl<K: Managed> engine::PersistIntent<K::Status> for StatusIntent<'_, K> {
     async fn persist_intent(&self, intent: &K::Status) -> Result<(), engine::IntentError> {
-        apply_status(&self.api, &self.object.name_any(), self.object.current_status(), intent)
+        write_status(&self.api, self.object, self.ctx, intent)
             .await
             .map(|_| ())
             .map_err(|e| engine::IntentError(e.to_string()))
+    }
+}
+
+/// Apply `desired` as the object's status (unless it already is), remembering a write that
+/// changed the object until the cache has seen it ([`super::own_writes`]). Whether a patch was sent.
+async fn write_status<K: Managed>(api: &Api<K>, obj: &K, ctx: &Context, desired: &K::Status) -> kube::Result<bool> {
+    match apply_status_versioned(api, &obj.name_any(), obj.current_status(), desired).await? {
+        StatusWrite::Unchanged => Ok(false),
+        StatusWrite::Written { resource_version } => {
+            ctx.own_writes.wrote(
+                &super::object_key(obj),
+                obj.meta().resource_version.as_deref(),
+                resource_version.as_deref(),
+                Instant::now(),
+            );
+            Ok(true)
+        }
     }
 }
 
@@ -80,6 +99,16 @@ pub(super) trait Managed:
 }
 
 pub(super) async fn reconcile<K: Managed>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
+    // Started from a cached object our own last status write has not reached yet: planning
+    // from it would repeat what that reconcile did. Wait for the watch.
+    if ctx.own_writes.cache_is_behind(
+        &super::object_key(obj.as_ref()),
+        obj.meta().resource_version.as_deref(),
+        Instant::now(),
+    ) {
+        tracing::debug!(object = %super::object_key(obj.as_ref()), "the cache has not seen our status write yet");
+        return Ok(Action::requeue(super::own_writes::CACHE_BEHIND_RETRY));
+    }
     instrumented(obj.clone(), ctx.clone(), async move {
         let ns = obj.namespace().unwrap_or_default();
         let api: Api<K> = Api::namespaced(ctx.kube.clone(), &ns);
@@ -180,7 +209,7 @@ async fn write_failure<K: Managed>(
     };
     let previous = cleared.as_ref().or(obj.current_status());
     let status = failed_status(previous, obj.meta().generation, reason, message, stalled);
-    match apply_status(api, &obj.name_any(), obj.current_status(), &status).await {
+    match write_status(api, obj, ctx, &status).await {
         Ok(true) => count_status_write::<K>(ctx),
         Ok(false) => {}
         Err(e) => tracing::warn!(error = %super::describe_kube_error(&e), "writing the failure status failed"),
@@ -283,7 +312,7 @@ async fn converge<K: Managed>(api: &Api<K>, obj: Arc<K>, ctx: &Context, deleting
         ctx.metrics.set_ready(K::KIND, &ns, &name, None);
         return Ok(Action::await_change());
     }
-    if apply_status(api, &name, obj.current_status(), &report.status).await? {
+    if write_status(api, obj.as_ref(), ctx, &report.status).await? {
         count_status_write::<K>(ctx);
     }
     let ready = find(report.status.conditions(), READY).map(|c| c.status.clone()).unwrap_or_else(|| "Unknown".into());

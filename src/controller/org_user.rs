@@ -70,6 +70,7 @@ impl Managed for AtlasOrgUser {
         let intent = StatusIntent {
             api: Api::namespaced(ctx.kube.clone(), &self.namespace().unwrap_or_default()),
             object: self,
+            ctx,
         };
         let now = Timestamp::now();
         let mut report =

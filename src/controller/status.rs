@@ -30,12 +30,35 @@ where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
     S: Serialize + PartialEq,
 {
+    Ok(matches!(apply_status_versioned(api, name, current, desired).await?, StatusWrite::Written { .. }))
+}
+
+/// What a status apply did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatusWrite {
+    /// The status already was the desired one: nothing sent.
+    Unchanged,
+    /// Sent; the object's `resourceVersion` after it.
+    Written { resource_version: Option<String> },
+}
+
+/// [`apply_status`], telling the `resourceVersion` the write produced.
+pub async fn apply_status_versioned<K, S>(
+    api: &Api<K>,
+    name: &str,
+    current: Option<&S>,
+    desired: &S,
+) -> kube::Result<StatusWrite>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    S: Serialize + PartialEq,
+{
     if current == Some(desired) {
-        return Ok(false);
+        return Ok(StatusWrite::Unchanged);
     }
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    api.patch_status(name, &params, &Patch::Apply(status_patch::<K, S>(desired))).await?;
-    Ok(true)
+    let written = api.patch_status(name, &params, &Patch::Apply(status_patch::<K, S>(desired))).await?;
+    Ok(StatusWrite::Written { resource_version: written.meta().resource_version.clone() })
 }
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};

@@ -94,6 +94,7 @@ impl Managed for AtlasTeamMembership {
         let intent = StatusIntent {
             api: Api::namespaced(ctx.kube.clone(), &self.namespace().unwrap_or_default()),
             object: self,
+            ctx,
         };
         engine::reconcile_team_membership(client, &ctx.index, self, &around, Mode::Apply, Timestamp::now(), &intent)
             .await
