@@ -308,6 +308,17 @@ mod tests {
 
     const ORG: &str = "5f1b2c3d4e5f60718293a4b5";
 
+    /// `n` requests that each pass without waiting, kept in flight.
+    async fn pass_at_once(limiter: &OrgRateLimiter, n: usize) -> Vec<OrgPermit> {
+        let mut permits = Vec::new();
+        for _ in 0..n {
+            let (p, waited) = limiter.acquire(ORG).await;
+            assert_eq!(waited, Duration::ZERO);
+            permits.push(p);
+        }
+        permits
+    }
+
     #[tokio::test(start_paused = true)]
     async fn unknown_limits_do_not_wait() {
         let limiter = OrgRateLimiter::new(Duration::from_secs(60));
@@ -364,12 +375,7 @@ mod tests {
             let (p, _) = limiter.acquire(ORG).await;
             limiter.observe(&p, Some(100), Some(99));
         }
-        let mut permits = Vec::new();
-        for _ in 0..98 {
-            let (p, waited) = limiter.acquire(ORG).await;
-            assert_eq!(waited, Duration::ZERO);
-            permits.push(p);
-        }
+        let _permits = pass_at_once(&limiter, 98).await;
         let (_p, waited) = limiter.acquire(ORG).await;
         assert!(waited > Duration::ZERO);
     }
@@ -414,12 +420,7 @@ mod tests {
             let (p, _) = limiter.acquire(ORG).await;
             limiter.observe(&p, Some(10), Some(9));
         }
-        let mut burst = Vec::new();
-        for _ in 0..6 {
-            let (p, waited) = limiter.acquire(ORG).await;
-            assert_eq!(waited, Duration::ZERO);
-            burst.push(p);
-        }
+        let burst = pass_at_once(&limiter, 6).await;
         // Atlas counted them in order (8, 7, ... 3 left); they are read last first.
         for (n, p) in burst.into_iter().enumerate().rev() {
             limiter.observe(&p, Some(10), Some(8 - n as u32));
@@ -448,13 +449,8 @@ mod tests {
             let (p, _) = limiter.acquire(ORG).await;
             limiter.observe(&p, Some(100), Some(50));
         }
-        let mut permits = Vec::new();
         // Reserve 10: 40 pass at once, the 41st waits.
-        for _ in 0..40 {
-            let (p, waited) = limiter.acquire(ORG).await;
-            assert_eq!(waited, Duration::ZERO);
-            permits.push(p);
-        }
+        let mut permits = pass_at_once(&limiter, 40).await;
         let (p, waited) = limiter.acquire(ORG).await;
         assert!(waited > Duration::ZERO);
         permits.push(p);
@@ -487,12 +483,7 @@ mod tests {
         limiter.observe(&p, Some(100), Some(20));
         drop(p);
         // ... then 20 tokens with a reserve of 10: 10 pass at once.
-        let mut permits = Vec::new();
-        for _ in 0..10 {
-            let (p, waited) = limiter.acquire(ORG).await;
-            assert_eq!(waited, Duration::ZERO);
-            permits.push(p);
-        }
+        let _permits = pass_at_once(&limiter, 10).await;
         let (_p, waited) = limiter.acquire(ORG).await;
         assert!(waited > Duration::ZERO);
     }
