@@ -101,12 +101,9 @@ pub(super) trait Managed:
 pub(super) async fn reconcile<K: Managed>(obj: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
     // Started from a cached object our own last status write has not reached yet: planning
     // from it would repeat what that reconcile did. Wait for the watch.
-    if ctx.own_writes.cache_is_behind(
-        &super::object_key(obj.as_ref()),
-        obj.meta().resource_version.as_deref(),
-        Instant::now(),
-    ) {
-        tracing::debug!(object = %super::object_key(obj.as_ref()), "the cache has not seen our status write yet");
+    let key = super::object_key(obj.as_ref());
+    if ctx.own_writes.cache_is_behind(&key, obj.meta().resource_version.as_deref(), Instant::now()) {
+        tracing::debug!(object = %key, "the cache has not seen our status write yet");
         return Ok(Action::requeue(super::own_writes::CACHE_BEHIND_RETRY));
     }
     instrumented(obj.clone(), ctx.clone(), async move {
