@@ -9,7 +9,6 @@ use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValu
 use secrecy::SecretString;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 use url::Url;
@@ -27,6 +26,7 @@ use super::models::{
     OrgUserUpdateRequest, Organization, Page, Team, UserIdBody,
 };
 use super::retry::RetryPolicy;
+use super::slots::FairSlots;
 
 /// Atlas (commercial).
 pub const ATLAS_BASE_URL: &str = "https://cloud.mongodb.com";
@@ -79,7 +79,8 @@ pub struct ClientConfig {
     /// Allow a plain `http://` base URL (the simulator). Never set against Atlas.
     pub insecure_http: bool,
     pub retry: RetryPolicy,
-    /// HTTP requests of this client in flight at once.
+    /// HTTP requests of this client in flight at once; when all are taken, freed slots go to
+    /// the organizations and endpoint sets waiting in turn (see `slots.rs`).
     pub max_concurrency: usize,
     /// Time limit of one HTTP exchange (one attempt), connection included.
     pub timeout: Duration,
@@ -180,7 +181,7 @@ struct Inner {
     retry: RetryPolicy,
     timeout: Duration,
     page_size: u32,
-    concurrency: Semaphore,
+    concurrency: FairSlots,
     limiter: OrgRateLimiter,
     invitations: InvitationQueue,
     invitation_max_wait: Duration,
@@ -307,7 +308,7 @@ impl AtlasClient {
                 retry: config.retry,
                 timeout: config.timeout,
                 page_size: config.page_size,
-                concurrency: Semaphore::new(config.max_concurrency),
+                concurrency: FairSlots::new(config.max_concurrency),
                 limiter: config.limiter,
                 invitations: config.invitations,
                 invitation_max_wait: config.invitation_max_wait,
@@ -796,7 +797,7 @@ impl AtlasClient {
         if !waited.is_zero() {
             inner.metrics.throttled(req.op.operation_id());
         }
-        let _permit = inner.concurrency.acquire().await.expect("the semaphore is never closed");
+        let _slot = inner.concurrency.acquire(&req.pace_key).await;
         // Checked once a permit is held: calls that queued behind a refusal fail fast.
         let _probe = inner.health.admit(&req.org_id)?;
         let result = self.exchange(req, &org_permit).await;

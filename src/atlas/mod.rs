@@ -16,6 +16,7 @@ pub mod limiter;
 pub mod metrics;
 pub mod models;
 pub mod retry;
+mod slots;
 
 pub use client::{
     ATLAS_BASE_URL, ATLAS_GOV_BASE_URL, AtlasClient, ClientConfig, CreateOutcome, CredentialIdentity, Credentials,
