@@ -53,6 +53,20 @@ async fn api_key_answers_one_challenge_then_reuses_it() {
     assert_eq!(counters.count("getOrg", 200), 15);
 }
 
+/// A fresh client starting many calls at once fetches the challenge with one of them: the
+/// others wait for its 401 instead of each drawing one (and being sent twice).
+#[tokio::test]
+async fn concurrent_first_calls_draw_one_challenge() {
+    let sim = start();
+    let atlas = client(&sim, api_key());
+    let calls = (0..20).map(|_| atlas.get_org(&sim.org));
+    assert!(join_all(calls).await.iter().all(Result::is_ok));
+    let counters = sim.state.counters();
+    assert_eq!(counters.digest_challenges, 1);
+    assert_eq!(counters.count("getOrg", 401), 1);
+    assert_eq!(counters.count("getOrg", 200), 20);
+}
+
 #[tokio::test]
 async fn bad_api_key_is_an_auth_error_without_retries() {
     let sim = start();

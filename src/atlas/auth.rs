@@ -182,11 +182,31 @@ pub(crate) struct DigestAuth {
     password: SecretString,
     /// The last challenge and the nonce count used with it, shared by concurrent calls.
     state: Mutex<Option<(DigestChallenge, u32)>>,
+    /// Held by the one request that goes without a challenge to fetch one: the others wait
+    /// for its 401 instead of each drawing a 401 of their own (a client starting 100 calls
+    /// at once sent 100 unanswerable requests, all refused, all sent again).
+    challenging: tokio::sync::Mutex<()>,
 }
 
 impl DigestAuth {
     pub(crate) fn new(username: String, password: SecretString) -> Self {
-        Self { username, password, state: Mutex::new(None) }
+        Self { username, password, state: Mutex::new(None), challenging: tokio::sync::Mutex::new(()) }
+    }
+
+    /// [`Self::authorize`]; before the first challenge, one caller at a time gets
+    /// `Err(guard)`: it sends the request without `Authorization` and holds the guard until
+    /// its 401 is taken ([`Self::on_unauthorized`]), and the callers waiting behind it then
+    /// find the challenge.
+    pub(crate) async fn authorize_or_challenge(
+        &self,
+        method: &str,
+        uri: &str,
+    ) -> Result<(HeaderValue, String), tokio::sync::MutexGuard<'_, ()>> {
+        if let Some(authorized) = self.authorize(method, uri) {
+            return Ok(authorized);
+        }
+        let guard = self.challenging.lock().await;
+        self.authorize(method, uri).ok_or(guard)
     }
 
     /// An `Authorization` header for this request from the cached challenge, and the nonce

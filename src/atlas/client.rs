@@ -839,10 +839,15 @@ impl AtlasClient {
         let target = request_target(&req.url);
         let mut reauthenticated = false;
         loop {
+            // Held while this request fetches the digest challenge (see `DigestAuth`).
+            let mut _challenging = None;
             let (authorization, used) = match &inner.auth {
-                Auth::Digest(digest) => match digest.authorize(method.as_str(), &target) {
-                    Some((header, nonce)) => (Some(header), AuthUsed::Nonce(nonce)),
-                    None => (None, AuthUsed::Nothing),
+                Auth::Digest(digest) => match digest.authorize_or_challenge(method.as_str(), &target).await {
+                    Ok((header, nonce)) => (Some(header), AuthUsed::Nonce(nonce)),
+                    Err(guard) => {
+                        _challenging = Some(guard);
+                        (None, AuthUsed::Nothing)
+                    }
                 },
                 Auth::Token(tokens) => {
                     let (header, generation) = tokens.authorize(&inner.http, &inner.metrics).await?;
