@@ -300,7 +300,11 @@ async fn a_pass_converges_a_set_with_dependencies() {
     assert_eq!(state.team_member_ids(&org, &team_id).len(), 21);
     assert_eq!(state.counters().count("createOrgUser", 201), 20);
     assert_eq!(objects.org_users[20].status.as_ref().unwrap().adopted, Some(true));
-    // A second pass: one listing, one team member listing, no writes.
+    // The team was reconciled in steps as its members were invited, from one member listing
+    // (made while its first member was invited, kept for the pass, updated from its writes).
+    assert_eq!(state.counters().total("listOrgTeamUsers"), 1, "{:?}", state.counters());
+    assert_eq!(state.counters().total("getOrgTeam"), 1);
+    // A second pass observes afresh: one listing, one team member listing, no writes.
     state.reset_counters();
     let results = run_pass(&client, &index, &mut objects, Mode::Apply, 8, &|_, _| {}).await;
     assert!(results.iter().all(|(_, o)| o.is_settled()));

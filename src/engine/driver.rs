@@ -156,7 +156,7 @@ impl ObjectSet {
 
 /// A team membership waiting for many members is reconciled once its first member is done,
 /// then each time this many more are.
-const TEAM_STEP: usize = 10;
+const TEAM_STEP: usize = 4;
 
 /// Reconcile every object once. `on_done` sees each object's outcome as it finishes (for
 /// progress); the outcomes are also returned, in object order (org users, then team
@@ -169,9 +169,7 @@ pub async fn run_pass(
     concurrency: usize,
     on_done: &(dyn Fn(ObjectId, &Outcome) + Sync),
 ) -> Vec<(ObjectId, Outcome)> {
-    for org in objects.org_ids() {
-        index.invalidate(&org);
-    }
+    let _pass = index.begin_pass(objects.org_ids());
     let now = Timestamp::now();
     let permits = Semaphore::new(concurrency.max(1));
     // Team memberships have their own permits: queued behind every org user they would
@@ -182,12 +180,15 @@ pub async fn run_pass(
     let deps = objects.dependencies();
     let (done_tx, done_rx): (Vec<_>, Vec<_>) = objects.org_users.iter().map(|_| watch::channel(false)).unzip();
     let done_tx = Arc::new(done_tx);
+    // An org user's reconcile has begun (it holds a permit): its invitation is about to go.
+    let (started_tx, started_rx): (Vec<_>, Vec<_>) = objects.org_users.iter().map(|_| watch::channel(false)).unzip();
 
     let org_user_runs = objects.org_users.iter().enumerate().map(|(i, object)| {
-        let (permits, rivals, done_tx) = (&permits, &rivals[i], done_tx.clone());
+        let (permits, rivals, done_tx, started_tx) = (&permits, &rivals[i], done_tx.clone(), &started_tx[i]);
         async move {
             let outcome = {
                 let _permit = permits.acquire().await.expect("never closed");
+                let _ = started_tx.send(true);
                 let mut result = reconcile_org_user(client, index, object, rivals, mode, now).await;
                 if let Ok(report) = result.as_mut() {
                     let window = crate::reconcile::audit::DEFAULT_INVITATION_WARNING;
@@ -201,7 +202,8 @@ pub async fn run_pass(
         }
     });
     let team_runs = objects.team_memberships.iter().enumerate().map(|(i, object)| {
-        let (permits, deps, done_rx, around) = (&team_permits, &deps[i], &done_rx, &surroundings[i]);
+        let (permits, deps, done_rx, started_rx, around) =
+            (&team_permits, &deps[i], &done_rx, &started_rx, &surroundings[i]);
         async move {
             // Members are reconciled in steps as their AtlasOrgUser objects finish, so a big
             // team is not left with all of its additions until its last member is invited.
@@ -218,6 +220,19 @@ pub async fn run_pass(
             let (first, rest) = deps.split_at(deps.len().min(1));
             let steps: Vec<&[usize]> =
                 std::iter::once(first).filter(|s| !s.is_empty()).chain(rest.chunks(TEAM_STEP)).collect();
+            // While that member is invited, the team is looked up and its members listed (the
+            // pass keeps the listing): the first addition then goes one round trip after the
+            // invitation is answered, not three. Not sooner: every team listing at once would
+            // take the client's slots from the invitations that come first.
+            if let Some(&first_member) = first.first()
+                && !was_ready
+                && !is_done(&first_member)
+            {
+                let _ = started_rx[first_member].clone().wait_for(|started| *started).await;
+                let _permit = permits.acquire().await.expect("never closed");
+                // A failure here is met, and reported, by the reconcile that follows.
+                let _ = super::observe_pinned_team(client, index, object).await;
+            }
             for (n, step) in steps.iter().enumerate() {
                 for &d in *step {
                     let mut rx = done_rx[d].clone();

@@ -26,7 +26,7 @@
 //! dropped with the team.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -78,6 +78,9 @@ pub struct OrgUserIndex {
     member_listing_interval: Duration,
     /// (org id, credential, team id) -> the team's members.
     members: Mutex<HashMap<(String, CredentialIdentity, String), MembersEntry>>,
+    /// One-shot passes under way ([`OrgUserIndex::begin_pass`]): their member listings serve
+    /// until they end.
+    passes: AtomicUsize,
 }
 
 impl std::fmt::Debug for OrgUserIndex {
@@ -98,6 +101,22 @@ fn team_keys(org_id: &str, who: CredentialIdentity, team: &Team) -> [TeamKey; 2]
     ]
 }
 
+/// A pass under way (see [`OrgUserIndex::begin_pass`]); dropping it ends the pass.
+#[must_use]
+pub struct PassGuard<'a> {
+    index: &'a OrgUserIndex,
+}
+
+impl Drop for PassGuard<'_> {
+    fn drop(&mut self) {
+        let index = self.index;
+        // The last pass out drops what only passes were keeping.
+        if index.passes.fetch_sub(1, Ordering::SeqCst) == 1 && index.member_listing_interval.is_zero() {
+            index.members.lock().expect("index lock").clear();
+        }
+    }
+}
+
 impl OrgUserIndex {
     /// An index that lists an organization again once its snapshot is older than `refresh_interval`.
     pub fn new(refresh_interval: Duration) -> Self {
@@ -109,7 +128,25 @@ impl OrgUserIndex {
             listings: AtomicU64::new(0),
             member_listing_interval: Duration::ZERO,
             members: Mutex::new(HashMap::new()),
+            passes: AtomicUsize::new(0),
         }
+    }
+
+    /// A one-shot pass over `org_ids` begins: their snapshots and member listings are
+    /// forgotten (the pass is the drift check: it observes afresh), and until the returned
+    /// guard drops, a member listing made during the pass serves the rest of it, updated from
+    /// its own writes like the organization snapshot. A team reconciled in steps, or looked up
+    /// before its first member is invited, then lists its members once per pass.
+    pub fn begin_pass<'a>(&'a self, org_ids: impl IntoIterator<Item = String>) -> PassGuard<'a> {
+        for org in org_ids {
+            self.invalidate(&org);
+        }
+        self.passes.fetch_add(1, Ordering::SeqCst);
+        PassGuard { index: self }
+    }
+
+    fn in_pass(&self) -> bool {
+        self.passes.load(Ordering::SeqCst) > 0
     }
 
     /// How long a team's member listing serves (default zero: every reconcile lists).
@@ -119,16 +156,18 @@ impl OrgUserIndex {
     }
 
     /// The members of team `team_id` as `client`'s credential last listed them (and updated
-    /// them from its writes), while younger than the member listing interval.
+    /// them from its writes), while younger than the member listing interval or while a pass
+    /// is under way (a pass forgets its organizations' listings as it begins).
     pub(crate) fn team_members(&self, client: &AtlasClient, org_id: &str, team_id: &str) -> Option<ObservedTeam> {
         let members = self.members.lock().expect("index lock");
         let entry = members.get(&(org_id.to_string(), client.credential_identity(), team_id.to_string()))?;
-        (entry.listed_at.elapsed() < self.member_listing_interval).then(|| entry.members.clone())
+        (self.in_pass() || entry.listed_at.elapsed() < self.member_listing_interval).then(|| entry.members.clone())
     }
 
-    /// Keep a member listing `client` just made (a no-op without a member listing interval).
+    /// Keep a member listing `client` just made (a no-op without a member listing interval,
+    /// outside a pass).
     pub(crate) fn remember_members(&self, client: &AtlasClient, org_id: &str, listed_at: Instant, team: &ObservedTeam) {
-        if self.member_listing_interval.is_zero() {
+        if self.member_listing_interval.is_zero() && !self.in_pass() {
             return;
         }
         self.members.lock().expect("index lock").insert(
