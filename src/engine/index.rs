@@ -26,7 +26,7 @@
 //! dropped with the team.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -78,9 +78,9 @@ pub struct OrgUserIndex {
     member_listing_interval: Duration,
     /// (org id, credential, team id) -> the team's members.
     members: Mutex<HashMap<(String, CredentialIdentity, String), MembersEntry>>,
-    /// One-shot passes under way ([`OrgUserIndex::begin_pass`]): their member listings serve
-    /// until they end.
-    passes: AtomicUsize,
+    /// One-shot passes under way ([`OrgUserIndex::begin_pass`]) and when the first of them
+    /// began: member listings made since then serve until they end.
+    passes: Mutex<(usize, Option<Instant>)>,
 }
 
 impl std::fmt::Debug for OrgUserIndex {
@@ -111,7 +111,15 @@ impl Drop for PassGuard<'_> {
     fn drop(&mut self) {
         let index = self.index;
         // The last pass out drops what only passes were keeping.
-        if index.passes.fetch_sub(1, Ordering::SeqCst) == 1 && index.member_listing_interval.is_zero() {
+        let last = {
+            let mut passes = index.passes.lock().expect("index lock");
+            passes.0 -= 1;
+            if passes.0 == 0 {
+                passes.1 = None;
+            }
+            passes.0 == 0
+        };
+        if last && index.member_listing_interval.is_zero() {
             index.members.lock().expect("index lock").clear();
         }
     }
@@ -128,7 +136,7 @@ impl OrgUserIndex {
             listings: AtomicU64::new(0),
             member_listing_interval: Duration::ZERO,
             members: Mutex::new(HashMap::new()),
-            passes: AtomicUsize::new(0),
+            passes: Mutex::new((0, None)),
         }
     }
 
@@ -141,12 +149,19 @@ impl OrgUserIndex {
         for org in org_ids {
             self.invalidate(&org);
         }
-        self.passes.fetch_add(1, Ordering::SeqCst);
+        let mut passes = self.passes.lock().expect("index lock");
+        passes.0 += 1;
+        passes.1.get_or_insert_with(Instant::now);
         PassGuard { index: self }
     }
 
+    /// When the passes under way began.
+    fn pass_began(&self) -> Option<Instant> {
+        self.passes.lock().expect("index lock").1
+    }
+
     fn in_pass(&self) -> bool {
-        self.passes.load(Ordering::SeqCst) > 0
+        self.passes.lock().expect("index lock").0 > 0
     }
 
     /// How long a team's member listing serves (default zero: every reconcile lists).
@@ -156,12 +171,14 @@ impl OrgUserIndex {
     }
 
     /// The members of team `team_id` as `client`'s credential last listed them (and updated
-    /// them from its writes), while younger than the member listing interval or while a pass
-    /// is under way (a pass forgets its organizations' listings as it begins).
+    /// them from its writes), while younger than the member listing interval or if made
+    /// during the pass under way.
     pub(crate) fn team_members(&self, client: &AtlasClient, org_id: &str, team_id: &str) -> Option<ObservedTeam> {
+        let pass_began = self.pass_began();
         let members = self.members.lock().expect("index lock");
         let entry = members.get(&(org_id.to_string(), client.credential_identity(), team_id.to_string()))?;
-        (self.in_pass() || entry.listed_at.elapsed() < self.member_listing_interval).then(|| entry.members.clone())
+        let made_in_pass = pass_began.is_some_and(|began| entry.listed_at >= began);
+        (made_in_pass || entry.listed_at.elapsed() < self.member_listing_interval).then(|| entry.members.clone())
     }
 
     /// Keep a member listing `client` just made (a no-op without a member listing interval,
