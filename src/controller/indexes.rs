@@ -93,10 +93,12 @@ pub fn organization_keys(o: &AtlasOrganization) -> Vec<Key> {
     vec![Key::Org(o.spec.org_id.clone())]
 }
 
+/// One reference and one copy of each key per object, shared (`Arc`) between the two maps:
+/// an object's reference used to be copied once per key, and its keys twice.
 #[derive(Default)]
 struct Inner<K: Resource<DynamicType = ()>> {
-    by_key: HashMap<Key, HashSet<ObjectRef<K>>>,
-    keys: HashMap<ObjectRef<K>, Vec<Key>>,
+    by_key: HashMap<Arc<Key>, HashSet<Arc<ObjectRef<K>>>>,
+    keys: HashMap<Arc<ObjectRef<K>>, Vec<Arc<Key>>>,
     /// A relist under way: the keys of what it listed so far.
     relist: Option<HashMap<ObjectRef<K>, Vec<Key>>>,
 }
@@ -104,10 +106,10 @@ struct Inner<K: Resource<DynamicType = ()>> {
 impl<K: Resource<DynamicType = ()>> Inner<K> {
     fn remove(&mut self, obj: &ObjectRef<K>) {
         for key in self.keys.remove(obj).unwrap_or_default() {
-            if let Some(set) = self.by_key.get_mut(&key) {
+            if let Some(set) = self.by_key.get_mut(key.as_ref()) {
                 set.remove(obj);
                 if set.is_empty() {
-                    self.by_key.remove(&key);
+                    self.by_key.remove(key.as_ref());
                 }
             }
         }
@@ -115,10 +117,17 @@ impl<K: Resource<DynamicType = ()>> Inner<K> {
 
     fn insert(&mut self, obj: ObjectRef<K>, keys: Vec<Key>) {
         self.remove(&obj);
-        for key in &keys {
+        let obj = Arc::new(obj);
+        let mut shared = Vec::with_capacity(keys.len());
+        for key in keys {
+            let key = match self.by_key.get_key_value(&key) {
+                Some((existing, _)) => existing.clone(),
+                None => Arc::new(key),
+            };
             self.by_key.entry(key.clone()).or_default().insert(obj.clone());
+            shared.push(key);
         }
-        self.keys.insert(obj, keys);
+        self.keys.insert(obj, shared);
     }
 }
 
@@ -153,7 +162,7 @@ where
     pub fn refs(&self, key: &Key) -> Vec<ObjectRef<K>> {
         let inner = self.inner.read().expect("index lock");
         let mut refs: Vec<ObjectRef<K>> =
-            inner.by_key.get(key).map(|s| s.iter().cloned().collect()).unwrap_or_default();
+            inner.by_key.get(key).map(|s| s.iter().map(|r| r.as_ref().clone()).collect()).unwrap_or_default();
         refs.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         refs
     }
