@@ -67,6 +67,30 @@ async fn concurrent_first_calls_draw_one_challenge() {
     assert_eq!(counters.count("getOrg", 200), 20);
 }
 
+/// An Atlas that never answers the request fetching the challenge: the calls waiting for it
+/// go on their own once it times out, so each fails after at most two timeouts, not one per
+/// caller ahead of it.
+#[tokio::test]
+async fn a_wedged_challenge_fetch_holds_each_waiter_one_timeout_at_most() {
+    let sim = start();
+    sim.state.set_faults(FaultConfig::for_operation("getOrg", FaultSpec::latency(Duration::from_secs(10))));
+    let atlas = AtlasClient::new(ClientConfig {
+        timeout: Duration::from_millis(300),
+        retry: RetryPolicy { max_attempts: 1, ..fast_retry() },
+        max_concurrency: 8,
+        ..config(&sim, api_key())
+    })
+    .unwrap();
+    let started = Instant::now();
+    let results = join_all((0..8).map(|_| atlas.get_org(&sim.org))).await;
+    let elapsed = started.elapsed();
+    for result in &results {
+        assert!(matches!(result, Err(AtlasError::Transport { kind: TransportKind::Timeout, .. })), "{result:?}");
+    }
+    // The fetch's timeout, then each waiter's own: 0.6 s, where waiting in line would be 2.4 s.
+    assert!(elapsed < Duration::from_millis(1500), "{elapsed:?}");
+}
+
 #[tokio::test]
 async fn bad_api_key_is_an_auth_error_without_retries() {
     let sim = start();

@@ -182,31 +182,65 @@ pub(crate) struct DigestAuth {
     password: SecretString,
     /// The last challenge and the nonce count used with it, shared by concurrent calls.
     state: Mutex<Option<(DigestChallenge, u32)>>,
-    /// Held by the one request that goes without a challenge to fetch one: the others wait
-    /// for its 401 instead of each drawing a 401 of their own (a client starting 100 calls
-    /// at once sent 100 unanswerable requests, all refused, all sent again).
-    challenging: tokio::sync::Mutex<()>,
+    /// Whether a request is out without a challenge to fetch one: the others wait for its
+    /// answer instead of each drawing a 401 of their own (a client starting 100 calls at once
+    /// sent 100 unanswerable requests, all refused, all sent again).
+    fetching: Mutex<bool>,
+    /// Wakes the waiters when that request has its answer (or failed).
+    fetched: tokio::sync::Notify,
+}
+
+/// Held by the request that fetches the digest challenge; dropped once its answer is taken.
+pub(crate) struct ChallengeFetch<'a> {
+    auth: &'a DigestAuth,
+}
+
+impl Drop for ChallengeFetch<'_> {
+    fn drop(&mut self) {
+        *self.auth.fetching.lock().expect("digest state lock") = false;
+        self.auth.fetched.notify_waiters();
+    }
 }
 
 impl DigestAuth {
     pub(crate) fn new(username: String, password: SecretString) -> Self {
-        Self { username, password, state: Mutex::new(None), challenging: tokio::sync::Mutex::new(()) }
+        Self {
+            username,
+            password,
+            state: Mutex::new(None),
+            fetching: Mutex::new(false),
+            fetched: tokio::sync::Notify::new(),
+        }
     }
 
-    /// [`Self::authorize`]; before the first challenge, one caller at a time gets
-    /// `Err(guard)`: it sends the request without `Authorization` and holds the guard until
-    /// its 401 is taken ([`Self::on_unauthorized`]), and the callers waiting behind it then
-    /// find the challenge.
+    /// [`Self::authorize`], or how to go without a challenge: `Err(Some(fetch))` for the one
+    /// caller that fetches it (it sends the request without `Authorization` and holds `fetch`
+    /// until its 401 is taken by [`Self::on_unauthorized`]); the callers that come meanwhile
+    /// wait for that answer and then use its challenge. A waiter waits for one fetch only:
+    /// if it brought no challenge (Atlas failed or never answered), `Err(None)`, and it goes
+    /// without one itself, so a wedged Atlas costs each call one timeout more, not one per
+    /// caller ahead of it.
     pub(crate) async fn authorize_or_challenge(
         &self,
         method: &str,
         uri: &str,
-    ) -> Result<(HeaderValue, String), tokio::sync::MutexGuard<'_, ()>> {
+    ) -> Result<(HeaderValue, String), Option<ChallengeFetch<'_>>> {
         if let Some(authorized) = self.authorize(method, uri) {
             return Ok(authorized);
         }
-        let guard = self.challenging.lock().await;
-        self.authorize(method, uri).ok_or(guard)
+        let fetched = self.fetched.notified();
+        tokio::pin!(fetched);
+        // Registered before the check: a fetch that ends after it wakes this caller.
+        fetched.as_mut().enable();
+        {
+            let mut fetching = self.fetching.lock().expect("digest state lock");
+            if !*fetching {
+                *fetching = true;
+                return Err(Some(ChallengeFetch { auth: self }));
+            }
+        }
+        fetched.await;
+        self.authorize(method, uri).ok_or(None)
     }
 
     /// An `Authorization` header for this request from the cached challenge, and the nonce

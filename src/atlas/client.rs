@@ -844,8 +844,8 @@ impl AtlasClient {
             let (authorization, used) = match &inner.auth {
                 Auth::Digest(digest) => match digest.authorize_or_challenge(method.as_str(), &target).await {
                     Ok((header, nonce)) => (Some(header), AuthUsed::Nonce(nonce)),
-                    Err(guard) => {
-                        _challenging = Some(guard);
+                    Err(fetch) => {
+                        _challenging = fetch;
                         (None, AuthUsed::Nothing)
                     }
                 },
