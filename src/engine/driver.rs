@@ -155,7 +155,8 @@ impl ObjectSet {
 }
 
 /// A team membership waiting for many members is reconciled once its first member is done,
-/// then each time this many more are.
+/// then each time this many more are. A step costs no Atlas read (the pass keeps the team's
+/// member listing), so steps are small: the team's last additions wait for few invitations.
 const TEAM_STEP: usize = 4;
 
 /// Reconcile every object once. `on_done` sees each object's outcome as it finishes (for
