@@ -309,6 +309,12 @@ mod tests {
 
     const ORG: &str = "5f1b2c3d4e5f60718293a4b5";
 
+    /// One request, answered with Atlas's count (`limit`, `remaining`) and done.
+    async fn answered(limiter: &OrgRateLimiter, limit: u32, remaining: u32) {
+        let (p, _) = limiter.acquire(ORG).await;
+        limiter.observe(&p, Some(limit), Some(remaining));
+    }
+
     /// `n` requests that each pass without waiting, kept in flight.
     async fn pass_at_once(limiter: &OrgRateLimiter, n: usize) -> Vec<OrgPermit> {
         let mut permits = Vec::new();
@@ -333,10 +339,7 @@ mod tests {
     async fn paces_at_the_refill_rate_once_drained() {
         // 10 a second: capacity 10 over a 1 s window, nothing held back.
         let limiter = OrgRateLimiter::new(Duration::from_secs(1));
-        {
-            let (p, _) = limiter.acquire(ORG).await;
-            limiter.observe(&p, Some(10), Some(9));
-        }
+        answered(&limiter, 10, 9).await;
         let start = Instant::now();
         // 9 more pass at once (9 left) ...
         for _ in 0..9 {
@@ -357,10 +360,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn atlas_count_overrides_the_local_one() {
         let limiter = OrgRateLimiter::new(Duration::from_secs(60));
-        let (p, _) = limiter.acquire(ORG).await;
         // The first answer: only two tokens left (someone used the bucket before us).
-        limiter.observe(&p, Some(100), Some(2));
-        drop(p);
+        answered(&limiter, 100, 2).await;
         let _permits = pass_at_once(&limiter, 2).await;
         let (_p, waited) = limiter.acquire(ORG).await;
         // One token short: 0.6 s.
@@ -372,10 +373,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_lone_client_drains_the_whole_bucket() {
         let limiter = OrgRateLimiter::new(Duration::from_secs(60));
-        {
-            let (p, _) = limiter.acquire(ORG).await;
-            limiter.observe(&p, Some(100), Some(99));
-        }
+        answered(&limiter, 100, 99).await;
         let _permits = pass_at_once(&limiter, 99).await;
         let (_p, waited) = limiter.acquire(ORG).await;
         assert!(waited > Duration::ZERO);
@@ -385,10 +383,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn waiting_requests_go_in_arrival_order() {
         let limiter = OrgRateLimiter::new(Duration::from_secs(1));
-        {
-            let (p, _) = limiter.acquire(ORG).await;
-            limiter.observe(&p, Some(10), Some(1));
-        }
+        answered(&limiter, 10, 1).await;
         let order = Arc::new(Mutex::new(Vec::new()));
         let mut tasks = Vec::new();
         for n in 0..20 {
@@ -417,10 +412,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn answers_overtaking_each_other_do_not_inflate_the_count() {
         let limiter = OrgRateLimiter::new(Duration::from_secs(60));
-        {
-            let (p, _) = limiter.acquire(ORG).await;
-            limiter.observe(&p, Some(10), Some(9));
-        }
+        answered(&limiter, 10, 9).await;
         let burst = pass_at_once(&limiter, 6).await;
         // Atlas counted them in order (8, 7, ... 3 left); they are read last first.
         for (n, p) in burst.into_iter().enumerate().rev() {
@@ -441,15 +433,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn another_client_on_the_bucket_brings_the_reserve_back() {
         let limiter = OrgRateLimiter::new(Duration::from_secs(60));
-        {
-            let (p, _) = limiter.acquire(ORG).await;
-            limiter.observe(&p, Some(100), Some(90));
-        }
-        {
-            // Locally 89 are left; Atlas says 50.
-            let (p, _) = limiter.acquire(ORG).await;
-            limiter.observe(&p, Some(100), Some(50));
-        }
+        answered(&limiter, 100, 90).await;
+        // Locally 89 are left; Atlas says 50.
+        answered(&limiter, 100, 50).await;
         // Reserve 10: 40 pass at once, the 41st waits.
         let mut permits = pass_at_once(&limiter, 40).await;
         let (p, waited) = limiter.acquire(ORG).await;
@@ -459,10 +445,7 @@ mod tests {
         // A window later, nothing else seen: the bucket has refilled, and none of it is
         // held back.
         tokio::time::sleep(Duration::from_secs(61)).await;
-        {
-            let (p, _) = limiter.acquire(ORG).await;
-            limiter.observe(&p, Some(100), Some(99));
-        }
+        answered(&limiter, 100, 99).await;
         let _permits = pass_at_once(&limiter, 99).await;
         let (_p, waited) = limiter.acquire(ORG).await;
         assert!(waited > Duration::ZERO);
@@ -472,10 +455,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_unexpected_refusal_brings_the_reserve_back() {
         let limiter = OrgRateLimiter::new(Duration::from_secs(60));
-        {
-            let (p, _) = limiter.acquire(ORG).await;
-            limiter.observe(&p, Some(100), Some(90));
-        }
+        answered(&limiter, 100, 90).await;
         limiter.hold(ORG, Duration::from_secs(1), false);
         // The hold's probe goes at Retry-After whatever the count ...
         let (p, waited) = limiter.acquire(ORG).await;
