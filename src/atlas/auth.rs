@@ -245,7 +245,7 @@ impl DigestAuth {
 
     /// An `Authorization` header for this request from the cached challenge, and the nonce
     /// it used; `None` before the first challenge.
-    pub(crate) fn authorize(&self, method: &str, uri: &str) -> Option<(HeaderValue, String)> {
+    fn authorize(&self, method: &str, uri: &str) -> Option<(HeaderValue, String)> {
         let (challenge, nc) = {
             let mut state = self.state.lock().expect("digest state lock");
             let (challenge, nc) = state.as_mut()?;

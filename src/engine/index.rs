@@ -161,7 +161,7 @@ impl OrgUserIndex {
     }
 
     fn in_pass(&self) -> bool {
-        self.passes.lock().expect("index lock").0 > 0
+        self.pass_began().is_some()
     }
 
     /// How long a team's member listing serves (default zero: every reconcile lists).
