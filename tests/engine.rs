@@ -311,6 +311,37 @@ async fn a_pass_converges_a_set_with_dependencies() {
     assert_eq!(state.counters().total_requests(), 2, "{:?}", state.counters());
 }
 
+/// A team waiting for its members is looked up and listed while its first member is being
+/// invited, not after: its first addition then follows that invitation by one round trip.
+#[tokio::test]
+async fn a_pass_lists_a_team_while_its_first_member_is_invited() {
+    let (sim, state) = start();
+    let org = state.add_org("acme");
+    let team_id = state.add_team(&org, "devs");
+    // Invitations are slow; reads are not.
+    state.set_faults(FaultConfig::for_operation("createOrgUser", FaultSpec::latency(Duration::from_millis(300))));
+    let client = client(&sim, RetryPolicy::default());
+    let index = OrgUserIndex::new(Duration::from_secs(600));
+    let mut objects = ObjectSet {
+        org_users: (0..3)
+            .map(|i| org_user(&format!("u{i}"), &org, &format!("u{i}@example.com"), &[OrgRole::OrgMember]))
+            .collect(),
+        team_memberships: vec![team_membership(
+            "devs",
+            &org,
+            TeamRef { id: Some(team_id.clone()), name: None },
+            (0..3).map(|i| by_ref(&format!("u{i}"))).collect(),
+        )],
+    };
+    let results = run_pass(&client, &index, &mut objects, Mode::Apply, 8, &|_, _| {}).await;
+    assert!(results.iter().all(|(_, o)| o.is_settled()), "{results:#?}");
+    assert_eq!(state.team_member_ids(&org, &team_id).len(), 3);
+    let log = state.request_log();
+    let answered = |op: &str| log.iter().position(|r| r.operation_id == op).unwrap_or_else(|| panic!("no {op}"));
+    assert!(answered("listOrgTeamUsers") < answered("createOrgUser"), "{log:#?}");
+    assert_eq!(state.counters().total("listOrgTeamUsers"), 1);
+}
+
 fn assert_send<T: Send>(_: &T) {}
 
 /// The controller runs these on a multi-threaded runtime: their futures must be `Send`.
